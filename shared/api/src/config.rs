@@ -1,0 +1,134 @@
+//! One configuration struct per function, read from the environment once at cold start. A missing
+//! or malformed variable fails the start and names the variable.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use lmaas_core::{Limits, ModelRef};
+use lmaas_engine::{CacheConfig, ExecutionProviders};
+
+/// A configuration problem, naming the variable.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration: {0}")]
+pub struct ConfigError(String);
+
+/// The infer function's configuration.
+#[derive(Debug, Clone)]
+pub struct InferConfig {
+    pub bucket: String,
+    pub cache: CacheConfig,
+    /// Models to load during INIT (`LMAAS_PRELOAD`, comma-separated references).
+    pub preload: Vec<ModelRef>,
+    pub limits: Limits,
+    pub alias_ttl: Duration,
+}
+
+/// The models function's configuration.
+#[derive(Debug, Clone)]
+pub struct ModelsConfig {
+    pub bucket: String,
+    pub providers: ExecutionProviders,
+    pub alias_ttl: Duration,
+}
+
+impl InferConfig {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    pub fn from_lookup(env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let preload = optional(&env, "LMAAS_PRELOAD")
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|r| !r.is_empty())
+            .map(|r| ModelRef::parse(r).map_err(|e| ConfigError(format!("LMAAS_PRELOAD: {e}"))))
+            .collect::<Result<_, _>>()?;
+        Ok(InferConfig {
+            bucket: required(&env, "LMAAS_BUCKET")?,
+            cache: CacheConfig {
+                dir: PathBuf::from(optional(&env, "LMAAS_MODEL_CACHE_DIR").unwrap_or_else(|| "/tmp/lmaas".into())),
+                max_bytes: parsed(&env, "LMAAS_MODEL_CACHE_BYTES")?.unwrap_or(1 << 30),
+                providers: providers(&env)?,
+            },
+            preload,
+            limits: Limits::default(),
+            alias_ttl: alias_ttl(&env)?,
+        })
+    }
+}
+
+impl ModelsConfig {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    pub fn from_lookup(env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        Ok(ModelsConfig { bucket: required(&env, "LMAAS_BUCKET")?, providers: providers(&env)?, alias_ttl: alias_ttl(&env)? })
+    }
+}
+
+fn optional(env: &impl Fn(&str) -> Option<String>, name: &str) -> Option<String> {
+    env(name).filter(|v| !v.trim().is_empty())
+}
+
+fn required(env: &impl Fn(&str) -> Option<String>, name: &str) -> Result<String, ConfigError> {
+    optional(env, name).ok_or_else(|| ConfigError(format!("{name} must be set")))
+}
+
+fn parsed<T: std::str::FromStr>(env: &impl Fn(&str) -> Option<String>, name: &str) -> Result<Option<T>, ConfigError> {
+    optional(env, name)
+        .map(|v| v.trim().parse().map_err(|_| ConfigError(format!("{name}='{v}' is not a valid number"))))
+        .transpose()
+}
+
+fn providers(env: &impl Fn(&str) -> Option<String>) -> Result<ExecutionProviders, ConfigError> {
+    match optional(env, "LMAAS_EXECUTION_PROVIDERS") {
+        None => Ok(ExecutionProviders::cpu()),
+        Some(raw) => ExecutionProviders::parse(&raw).map_err(|e| ConfigError(format!("LMAAS_EXECUTION_PROVIDERS: {e}"))),
+    }
+}
+
+/// How long an alias lookup is trusted (`LMAAS_ALIAS_TTL_SECONDS`, default 5): aliases move, and a
+/// warm function should see the move soon without reading S3 on every request.
+fn alias_ttl(env: &impl Fn(&str) -> Option<String>) -> Result<Duration, ConfigError> {
+    Ok(Duration::from_secs(parsed(env, "LMAAS_ALIAS_TTL_SECONDS")?.unwrap_or(5)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn lookup(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        move |name| map.get(name).cloned()
+    }
+
+    #[test]
+    fn a_missing_bucket_fails_the_start_and_names_the_variable() {
+        let err = InferConfig::from_lookup(lookup(&[])).unwrap_err();
+        assert_eq!(err.to_string(), "configuration: LMAAS_BUCKET must be set");
+        assert!(ModelsConfig::from_lookup(lookup(&[])).unwrap_err().to_string().contains("LMAAS_BUCKET"));
+    }
+
+    #[test]
+    fn defaults_fit_a_lambda_function() {
+        let config = InferConfig::from_lookup(lookup(&[("LMAAS_BUCKET", "b")])).unwrap();
+        assert_eq!(config.cache.dir, PathBuf::from("/tmp/lmaas"));
+        assert_eq!(config.cache.providers, ExecutionProviders::cpu());
+        assert!(config.preload.is_empty());
+    }
+
+    #[test]
+    fn malformed_values_name_their_variable() {
+        let err = InferConfig::from_lookup(lookup(&[("LMAAS_BUCKET", "b"), ("LMAAS_MODEL_CACHE_BYTES", "lots")])).unwrap_err();
+        assert!(err.to_string().contains("LMAAS_MODEL_CACHE_BYTES='lots'"));
+        let err = InferConfig::from_lookup(lookup(&[("LMAAS_BUCKET", "b"), ("LMAAS_PRELOAD", "mlp, Bad")])).unwrap_err();
+        assert!(err.to_string().contains("LMAAS_PRELOAD"));
+        let err = InferConfig::from_lookup(lookup(&[("LMAAS_BUCKET", "b"), ("LMAAS_EXECUTION_PROVIDERS", "gpu")])).unwrap_err();
+        assert!(err.to_string().contains("LMAAS_EXECUTION_PROVIDERS"));
+        let ok = InferConfig::from_lookup(lookup(&[("LMAAS_BUCKET", "b"), ("LMAAS_PRELOAD", "mlp, minilm:1")])).unwrap();
+        assert_eq!(ok.preload.len(), 2);
+    }
+}

@@ -1,0 +1,92 @@
+//! The infer function's service: `POST /v2/models/{model}[/versions/{version}]/infer`.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, Request, Response, StatusCode};
+use lmaas_aws::S3ModelStore;
+use lmaas_core::v2::{encode_response, InferRequest, HEADER_LENGTH};
+use lmaas_core::{Error, Limits, ModelRef, ModelResolver, ModelStore};
+use lmaas_engine::ModelCache;
+use serde_json::{Map, Value};
+
+use crate::response::v2_error;
+use crate::routes::Route;
+use crate::InferConfig;
+
+/// Resolves the model, validates the request against it, runs it, and encodes the answer.
+pub struct InferService {
+    resolver: ModelResolver,
+    cache: ModelCache,
+    limits: Limits,
+    preload: Vec<ModelRef>,
+}
+
+impl InferService {
+    pub fn new(store: Arc<dyn ModelStore>, config: InferConfig) -> Self {
+        InferService {
+            resolver: ModelResolver::new(store.clone(), config.alias_ttl),
+            cache: ModelCache::new(store, config.cache),
+            limits: config.limits,
+            preload: config.preload,
+        }
+    }
+
+    /// The service over S3, with clients built from the environment.
+    pub async fn from_env(config: InferConfig) -> Self {
+        let sdk = lmaas_aws::sdk_config().await;
+        let store = S3ModelStore::new(lmaas_aws::config::s3_client(&sdk), config.bucket.clone());
+        InferService::new(Arc::new(store), config)
+    }
+
+    /// Loads the `LMAAS_PRELOAD` models (during INIT, so the first request is warm). A model that
+    /// fails is logged and left for the first request to retry: one bad model must not take the
+    /// function down for the others.
+    pub async fn preload(&self) {
+        for reference in &self.preload {
+            let loaded = async { self.cache.get(&*self.resolver.resolve(reference).await?).await }.await;
+            match loaded {
+                Ok(model) => tracing::info!(model = %reference, execution_provider = %model.execution_provider(), "preloaded"),
+                Err(e) => tracing::error!(model = %reference, error = %e, "preloading failed"),
+            }
+        }
+    }
+
+    pub async fn handle(&self, request: Request<Bytes>) -> Response<Bytes> {
+        let path = request.uri().path().to_string();
+        let result = match Route::parse(request.method(), &path) {
+            Ok(Route::Infer(model)) => self.infer(&model, request).await,
+            Ok(_) => Err(Error::not_found(format!("{path} is not served by the infer function"))),
+            Err(e) => Err(e),
+        };
+        result.unwrap_or_else(|e| v2_error(&path, e))
+    }
+
+    async fn infer(&self, model: &ModelRef, request: Request<Bytes>) -> Result<Response<Bytes>, Error> {
+        let manifest = self.resolver.resolve(model).await?;
+        let header_length = match request.headers().get(HEADER_LENGTH) {
+            None => None,
+            Some(value) => Some(value.to_str().map_err(|_| Error::bad_request("Inference-Header-Content-Length is not text"))?),
+        };
+        let parsed = InferRequest::parse(request.body(), header_length, &manifest, &self.limits)?;
+        let loaded = self.cache.get(&manifest).await?;
+        let names: Vec<String> = parsed.outputs.iter().map(|o| o.name.clone()).collect();
+        let run_model = loaded.clone();
+        let inputs = parsed.inputs;
+        let tensors = tokio::task::spawn_blocking(move || run_model.run(&inputs, &names))
+            .await
+            .map_err(|e| Error::Internal(format!("inference task failed: {e}")))??;
+        let outputs: Vec<_> = tensors.into_iter().zip(&parsed.outputs).map(|(t, o)| (t, o.binary)).collect();
+        let mut parameters = Map::new();
+        parameters.insert("execution_provider".into(), Value::from(loaded.execution_provider().as_str()));
+        let encoded = encode_response(&manifest, parsed.id.as_deref(), parameters, &outputs);
+        let response = Response::builder().status(StatusCode::OK);
+        let response = match encoded.header_length {
+            Some(length) => response
+                .header(header::CONTENT_TYPE, "application/octet-stream")
+                .header(HEADER_LENGTH, length),
+            None => response.header(header::CONTENT_TYPE, "application/json"),
+        };
+        response.body(Bytes::from(encoded.body)).map_err(|e| Error::Internal(format!("building the response: {e}")))
+    }
+}

@@ -1,0 +1,42 @@
+//! The Lambda adapter: turns API Gateway / `cargo lambda watch` events into `http::Request<Bytes>`
+//! for a service, and its responses back. Nothing else in lmaas knows about Lambda's HTTP types.
+
+use std::future::Future;
+
+use bytes::Bytes;
+use http::{header, Request, Response};
+use lambda_http::{service_fn, Body};
+
+/// Serves `handler` as a Lambda function until the runtime stops it.
+pub async fn serve<F, Fut>(handler: F) -> Result<(), lambda_http::Error>
+where
+    F: Fn(Request<Bytes>) -> Fut + Send + Sync,
+    Fut: Future<Output = Response<Bytes>> + Send,
+{
+    lambda_http::run(service_fn(|event: lambda_http::Request| {
+        let (parts, body) = event.into_parts();
+        let body = match body {
+            Body::Empty => Bytes::new(),
+            Body::Text(text) => Bytes::from(text),
+            Body::Binary(bytes) => Bytes::from(bytes),
+            _ => Bytes::new(),
+        };
+        let response = handler(Request::from_parts(parts, body));
+        async move { Ok::<_, lambda_http::Error>(into_lambda_response(response.await)) }
+    }))
+    .await
+}
+
+/// JSON goes back as text; anything else (binary tensor data) as bytes, which API Gateway
+/// base64-encodes on the way out.
+fn into_lambda_response(response: Response<Bytes>) -> Response<Body> {
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    response.map(|bytes| match (is_json, String::from_utf8(bytes.to_vec())) {
+        (true, Ok(text)) => Body::Text(text),
+        (_, Ok(text)) if text.is_empty() => Body::Empty,
+        (_, Ok(_)) | (_, Err(_)) => Body::Binary(bytes.to_vec()),
+    })
+}

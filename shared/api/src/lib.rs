@@ -1,0 +1,15 @@
+//! The lmaas HTTP API, independent of where it runs: each function's service turns an
+//! `http::Request<Bytes>` into an `http::Response<Bytes>`. `lambda` adapts services to Lambda;
+//! benchmarks and tests call them in process.
+
+pub mod config;
+pub mod infer;
+pub mod lambda;
+pub mod models;
+pub mod response;
+pub mod routes;
+pub mod telemetry;
+
+pub use config::{ConfigError, InferConfig, ModelsConfig};
+pub use infer::InferService;
+pub use models::ModelsService;

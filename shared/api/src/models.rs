@@ -1,0 +1,99 @@
+//! The models function's service: server metadata, health, and model metadata and readiness read
+//! from the manifests in S3 (no model is loaded here).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use lmaas_aws::S3ModelStore;
+use lmaas_core::v2::model_metadata;
+use lmaas_core::{Error, ModelResolver, ModelStore};
+use lmaas_engine::{ExecutionProvider, ExecutionProviders, Runtime};
+use serde_json::{json, Map, Value};
+
+use crate::response::{json, v2_error};
+use crate::routes::Route;
+use crate::ModelsConfig;
+
+/// Answers the read-only V2 routes.
+pub struct ModelsService {
+    resolver: ModelResolver,
+    execution_provider: &'static str,
+}
+
+impl ModelsService {
+    pub fn new(store: Arc<dyn ModelStore>, config: &ModelsConfig) -> Self {
+        ModelsService {
+            resolver: ModelResolver::new(store, config.alias_ttl),
+            execution_provider: serving_provider(&config.providers),
+        }
+    }
+
+    pub async fn from_env(config: ModelsConfig) -> Self {
+        let sdk = lmaas_aws::sdk_config().await;
+        let store = S3ModelStore::new(lmaas_aws::config::s3_client(&sdk), config.bucket.clone());
+        ModelsService::new(Arc::new(store), &config)
+    }
+
+    pub async fn handle(&self, request: Request<Bytes>) -> Response<Bytes> {
+        let path = request.uri().path().to_string();
+        let result = match Route::parse(request.method(), &path) {
+            Ok(route) => self.answer(route).await,
+            Err(e) => Err(e),
+        };
+        result.unwrap_or_else(|e| v2_error(&path, e))
+    }
+
+    async fn answer(&self, route: Route) -> Result<Response<Bytes>, Error> {
+        match route {
+            Route::ServerMetadata => Ok(json(
+                StatusCode::OK,
+                &json!({"name": "lmaas", "version": env!("CARGO_PKG_VERSION"), "extensions": ["binary_tensor_data"]}),
+            )),
+            Route::HealthLive => Ok(json(StatusCode::OK, &json!({"live": true}))),
+            Route::HealthReady => match self.resolver.store().ping().await {
+                Ok(()) => Ok(json(StatusCode::OK, &json!({"ready": true}))),
+                Err(e) => {
+                    tracing::error!(error = %e, "not ready: the model store is unreachable");
+                    Ok(json(StatusCode::SERVICE_UNAVAILABLE, &json!({"ready": false, "error": "the model store is unreachable"})))
+                }
+            },
+            Route::ModelMetadata(model) => {
+                let manifest = self.resolver.resolve(&model).await?;
+                let mut parameters = Map::new();
+                parameters.insert("execution_provider".into(), Value::from(self.execution_provider));
+                parameters.insert("task".into(), serde_json::to_value(manifest.task).expect("task serializes"));
+                parameters.insert("created_at".into(), Value::from(manifest.created_at.clone()));
+                Ok(json(StatusCode::OK, &model_metadata(&manifest, parameters)))
+            }
+            Route::ModelReady(model) => {
+                let manifest = self.resolver.resolve(&model).await?;
+                Ok(json(StatusCode::OK, &json!({"name": manifest.name, "version": manifest.version.to_string(), "ready": true})))
+            }
+            Route::Infer(_) => Err(Error::not_found("inference is served by the infer function")),
+        }
+    }
+}
+
+/// The provider infer functions of this deployment serve on: the first one asked for that the
+/// ONNX Runtime library supports. Both functions share the library (the same layer) and the
+/// setting; the infer function also reports what each session actually got, per response.
+fn serving_provider(providers: &ExecutionProviders) -> &'static str {
+    let runtime = match Runtime::get() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot tell the execution provider");
+            return "unknown";
+        }
+    };
+    for provider in providers.iter() {
+        match provider {
+            ExecutionProvider::Cuda if runtime.cuda_compiled_in() => return ExecutionProvider::Cuda.as_str(),
+            ExecutionProvider::Cuda => {
+                tracing::warn!("CUDA requested but the ONNX Runtime library has no CUDA provider; serving on CPU")
+            }
+            ExecutionProvider::Cpu => break,
+        }
+    }
+    ExecutionProvider::Cpu.as_str()
+}

@@ -1,0 +1,98 @@
+//! The route table of the V2 API, parsed from the raw request path so the same code serves under
+//! API Gateway, `cargo lambda watch` and in process. Each function serves a subset.
+
+use http::Method;
+use lmaas_core::{Error, ModelRef};
+
+/// A request's route, with its model reference parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    ServerMetadata,
+    HealthLive,
+    HealthReady,
+    ModelMetadata(ModelRef),
+    ModelReady(ModelRef),
+    Infer(ModelRef),
+}
+
+impl Route {
+    pub fn parse(method: &Method, path: &str) -> Result<Route, Error> {
+        let segments: Vec<String> = path.trim_matches('/').split('/').map(percent_decode).collect::<Result<_, _>>()?;
+        let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
+        let (route, allowed) = match segments.as_slice() {
+            ["v2"] => (Route::ServerMetadata, Method::GET),
+            ["v2", "health", "live"] => (Route::HealthLive, Method::GET),
+            ["v2", "health", "ready"] => (Route::HealthReady, Method::GET),
+            ["v2", "models", model, rest @ ..] => {
+                let (version, action) = match rest {
+                    ["versions", version, action @ ..] => (Some(*version), action),
+                    action => (None, action),
+                };
+                let model = ModelRef::from_path(model, version)?;
+                match action {
+                    [] => (Route::ModelMetadata(model), Method::GET),
+                    ["ready"] => (Route::ModelReady(model), Method::GET),
+                    ["infer"] => (Route::Infer(model), Method::POST),
+                    _ => return Err(no_route(method, path)),
+                }
+            }
+            _ => return Err(no_route(method, path)),
+        };
+        if *method != allowed {
+            return Err(Error::bad_request(format!("{path} takes {allowed}, not {method}")));
+        }
+        Ok(route)
+    }
+}
+
+fn no_route(method: &Method, path: &str) -> Error {
+    Error::not_found(format!("no route for {method} {}", path.chars().take(200).collect::<String>()))
+}
+
+/// Decodes `%XX` escapes in a path segment (clients encode the `:` of `name:tag`).
+fn percent_decode(segment: &str) -> Result<String, Error> {
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+            let byte = hex.and_then(|h| u8::from_str_radix(h, 16).ok());
+            out.push(byte.ok_or_else(|| Error::bad_request("the path has a malformed %-escape"))?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| Error::bad_request("the path is not valid UTF-8"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(method: Method, path: &str) -> Result<Route, Error> {
+        Route::parse(&method, path)
+    }
+
+    #[test]
+    fn v2_paths_map_to_routes_with_parsed_models() {
+        assert_eq!(route(Method::GET, "/v2").unwrap(), Route::ServerMetadata);
+        assert_eq!(route(Method::GET, "/v2/health/ready/").unwrap(), Route::HealthReady);
+        let infer = route(Method::POST, "/v2/models/mlp/versions/2/infer").unwrap();
+        assert_eq!(infer, Route::Infer(ModelRef::parse("mlp:2").unwrap()));
+        let tagged = route(Method::GET, "/v2/models/minilm%3Aint8/ready").unwrap();
+        assert_eq!(tagged, Route::ModelReady(ModelRef::parse("minilm:int8").unwrap()));
+        assert_eq!(route(Method::GET, "/v2/models/mlp").unwrap(), Route::ModelMetadata(ModelRef::parse("mlp").unwrap()));
+    }
+
+    #[test]
+    fn unknown_paths_bad_names_and_wrong_methods_are_client_errors() {
+        assert!(matches!(route(Method::GET, "/v3"), Err(Error::NotFound(_))));
+        assert!(matches!(route(Method::GET, "/v2/models/mlp/explode"), Err(Error::NotFound(_))));
+        assert!(matches!(route(Method::POST, "/v2/models/Bad!/infer"), Err(Error::BadRequest(m)) if m.contains("invalid model name")));
+        assert!(matches!(route(Method::GET, "/v2/models/mlp/infer"), Err(Error::BadRequest(m)) if m.contains("takes POST")));
+        assert!(matches!(route(Method::GET, "/v2/models/m%zz"), Err(Error::BadRequest(_))));
+    }
+}

@@ -1,0 +1,22 @@
+//! Logging: JSON lines in Lambda (CloudWatch parses them), readable lines elsewhere, levels from
+//! `RUST_LOG` (default info). `LMAAS_LOG_FORMAT=text|json` overrides the choice.
+
+use tracing_subscriber::EnvFilter;
+
+pub fn init() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let in_lambda = std::env::var_os("AWS_LAMBDA_FUNCTION_NAME").is_some();
+    let json = match std::env::var("LMAAS_LOG_FORMAT").as_deref() {
+        Ok("json") => true,
+        Ok("text") => false,
+        _ => in_lambda,
+    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
+    let result = if json {
+        builder.json().with_current_span(false).without_time().try_init()
+    } else {
+        builder.try_init()
+    };
+    // A second init (tests, benches) keeps the first subscriber.
+    let _ = result;
+}

@@ -1,0 +1,17 @@
+//! SDK configuration shared by every client.
+
+use aws_config::{BehaviorVersion, Region};
+
+/// Loads the SDK configuration from the environment (region, credentials, `AWS_ENDPOINT_URL`),
+/// defaulting the region to us-east-1 so the local stack needs no AWS setup.
+pub async fn sdk_config() -> aws_config::SdkConfig {
+    let region = aws_config::meta::region::RegionProviderChain::default_provider().or_else(Region::new("us-east-1"));
+    aws_config::defaults(BehaviorVersion::latest()).region(region).load().await
+}
+
+/// An S3 client; path-style addressing when a custom endpoint (the emulator) is set, since the
+/// emulator cannot serve virtual-hosted bucket names.
+pub fn s3_client(config: &aws_config::SdkConfig) -> aws_sdk_s3::Client {
+    let builder = aws_sdk_s3::config::Builder::from(config).force_path_style(config.endpoint_url().is_some());
+    aws_sdk_s3::Client::from_conf(builder.build())
+}

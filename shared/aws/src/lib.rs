@@ -1,0 +1,8 @@
+//! AWS adapters for lmaas ports: S3 for models. The same code talks to AWS and to the local
+//! emulator; only `AWS_ENDPOINT_URL` differs.
+
+pub mod config;
+pub mod s3;
+
+pub use config::sdk_config;
+pub use s3::S3ModelStore;

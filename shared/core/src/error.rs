@@ -1,0 +1,33 @@
+//! The one error type of the domain. Each variant is a class of answer the client gets;
+//! the API layer maps it to an HTTP status in exactly one place per API family.
+
+/// A failure the client is told about. Messages of the client-facing variants are written for
+/// the user (they name the field and what was expected); `Internal` messages are logged only.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum Error {
+    /// The request is malformed or does not fit the model (400).
+    #[error("{0}")]
+    BadRequest(String),
+    /// The model, version or route does not exist, or is not servable (404).
+    #[error("{0}")]
+    NotFound(String),
+    /// The request body is larger than allowed (413).
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    /// The model exists but cannot be served right now, e.g. it failed to load (503).
+    #[error("{0}")]
+    Unavailable(String),
+    /// Something broke on our side; the message is logged, the client gets a generic one (500).
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl Error {
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Error::BadRequest(message.into())
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Error::NotFound(message.into())
+    }
+}

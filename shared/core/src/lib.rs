@@ -1,0 +1,20 @@
+//! The lmaas domain: validated names and references, tensors, model manifests, the Open
+//! Inference Protocol (KServe V2) wire format, errors, and the ports that adapters implement.
+//! Nothing here talks to AWS or ONNX Runtime, so all of it is unit-tested without either.
+
+pub mod error;
+pub mod limits;
+pub mod manifest;
+pub mod names;
+pub mod resolver;
+pub mod store;
+pub mod tensor;
+pub mod v2;
+
+pub use error::Error;
+pub use limits::Limits;
+pub use manifest::{Manifest, ModelState, TensorSpec};
+pub use names::{AliasName, ModelName, ModelRef, Tag, Version};
+pub use resolver::ModelResolver;
+pub use store::{MemoryModelStore, ModelStore, StoreError};
+pub use tensor::{DataType, Tensor, TensorData};

@@ -1,0 +1,90 @@
+//! The model store port: where manifests, aliases and model files live (S3 in production), and
+//! an in-memory adapter for unit tests and in-process benchmarks.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::{AliasName, Manifest, ModelName, Version};
+
+/// A store failure. The message is for logs: it may name buckets, keys and SDK errors.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct StoreError(pub String);
+
+/// Read access to model versions.
+#[async_trait]
+pub trait ModelStore: Send + Sync {
+    /// The manifest of a version, or `None` if there is no such version.
+    async fn manifest(&self, name: &ModelName, version: Version) -> Result<Option<Manifest>, StoreError>;
+    /// The version an alias points at, or `None` if there is no such alias.
+    async fn alias(&self, name: &ModelName, alias: &AliasName) -> Result<Option<Version>, StoreError>;
+    /// Streams one file of a version to `dest` (which the caller then verifies and renames).
+    async fn download(&self, name: &ModelName, version: Version, file: &str, dest: &Path) -> Result<(), StoreError>;
+    /// Checks that the store answers at all (for readiness).
+    async fn ping(&self) -> Result<(), StoreError>;
+}
+
+/// An in-memory store: manifests, aliases and file contents in maps.
+#[derive(Default, Clone)]
+pub struct MemoryModelStore {
+    inner: Arc<Mutex<MemoryInner>>,
+}
+
+#[derive(Default)]
+struct MemoryInner {
+    manifests: HashMap<(ModelName, Version), Manifest>,
+    aliases: HashMap<(ModelName, String), Version>,
+    files: HashMap<(ModelName, Version, String), Bytes>,
+    downloads: usize,
+}
+
+impl MemoryModelStore {
+    pub fn put_manifest(&self, manifest: Manifest) {
+        let mut inner = self.inner.lock().expect("store lock");
+        inner.manifests.insert((manifest.name.clone(), manifest.version), manifest);
+    }
+
+    pub fn put_alias(&self, name: &ModelName, alias: &AliasName, version: Version) {
+        let mut inner = self.inner.lock().expect("store lock");
+        inner.aliases.insert((name.clone(), alias.as_str().to_string()), version);
+    }
+
+    pub fn put_file(&self, name: &ModelName, version: Version, file: &str, contents: impl Into<Bytes>) {
+        let mut inner = self.inner.lock().expect("store lock");
+        inner.files.insert((name.clone(), version, file.to_string()), contents.into());
+    }
+
+    /// How many files were downloaded so far (tests check that warm paths download nothing).
+    pub fn downloads(&self) -> usize {
+        self.inner.lock().expect("store lock").downloads
+    }
+}
+
+#[async_trait]
+impl ModelStore for MemoryModelStore {
+    async fn manifest(&self, name: &ModelName, version: Version) -> Result<Option<Manifest>, StoreError> {
+        Ok(self.inner.lock().expect("store lock").manifests.get(&(name.clone(), version)).cloned())
+    }
+
+    async fn alias(&self, name: &ModelName, alias: &AliasName) -> Result<Option<Version>, StoreError> {
+        Ok(self.inner.lock().expect("store lock").aliases.get(&(name.clone(), alias.as_str().to_string())).copied())
+    }
+
+    async fn download(&self, name: &ModelName, version: Version, file: &str, dest: &Path) -> Result<(), StoreError> {
+        let contents = {
+            let mut inner = self.inner.lock().expect("store lock");
+            inner.downloads += 1;
+            inner.files.get(&(name.clone(), version, file.to_string())).cloned()
+        };
+        let contents = contents.ok_or_else(|| StoreError(format!("no file {name}/{version}/{file}")))?;
+        std::fs::write(dest, &contents).map_err(|e| StoreError(format!("writing {}: {e}", dest.display())))
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}

@@ -1,0 +1,202 @@
+//! The model cache: S3 → local disk (verified, keyed by content hash) → sessions in memory
+//! (least recently used first out, bounded by bytes). Concurrent first requests for a model share
+//! one load; a warm process never downloads a model again.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use lmaas_core::{Error, Manifest, ModelStore};
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncReadExt;
+use tokio::sync::OnceCell;
+
+use crate::{EngineError, ExecutionProviders, LoadedModel};
+
+/// Where and how much to cache.
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    /// Folder for downloaded files (`LMAAS_MODEL_CACHE_DIR`).
+    pub dir: PathBuf,
+    /// Budget for loaded sessions, in bytes of model files (`LMAAS_MODEL_CACHE_BYTES`).
+    pub max_bytes: u64,
+    /// Providers to try, in order (`LMAAS_EXECUTION_PROVIDERS`).
+    pub providers: ExecutionProviders,
+}
+
+type LoadResult = Result<Arc<LoadedModel>, Error>;
+
+/// Loaded models by content key, most recently used last.
+pub struct ModelCache {
+    store: Arc<dyn ModelStore>,
+    config: CacheConfig,
+    state: Mutex<CacheState>,
+}
+
+#[derive(Default)]
+struct CacheState {
+    loaded: Vec<(String, Arc<LoadedModel>)>,
+    loading: HashMap<String, Arc<OnceCell<LoadResult>>>,
+}
+
+impl CacheState {
+    fn touch(&mut self, key: &str) -> Option<Arc<LoadedModel>> {
+        let position = self.loaded.iter().position(|(k, _)| k == key)?;
+        let entry = self.loaded.remove(position);
+        let model = entry.1.clone();
+        self.loaded.push(entry);
+        Some(model)
+    }
+
+    fn insert(&mut self, key: String, model: Arc<LoadedModel>, max_bytes: u64) {
+        if self.touch(&key).is_some() {
+            return;
+        }
+        self.loaded.push((key, model));
+        // The newest model stays even when it alone exceeds the budget: serving it is the point.
+        while self.loaded.len() > 1 && self.loaded.iter().map(|(_, m)| m.bytes()).sum::<u64>() > max_bytes {
+            let (evicted, model) = self.loaded.remove(0);
+            tracing::info!(key = %evicted, bytes = model.bytes(), "evicting least recently used model session");
+        }
+    }
+}
+
+impl ModelCache {
+    pub fn new(store: Arc<dyn ModelStore>, config: CacheConfig) -> Self {
+        ModelCache { store, config, state: Mutex::default() }
+    }
+
+    /// The loaded model for a ready manifest, downloading and creating the session on first use.
+    pub async fn get(&self, manifest: &Manifest) -> LoadResult {
+        let key = cache_key(manifest);
+        let cell = {
+            let mut state = self.state.lock().expect("cache lock");
+            if let Some(model) = state.touch(&key) {
+                return Ok(model);
+            }
+            state.loading.entry(key.clone()).or_default().clone()
+        };
+        let result = cell.get_or_init(|| self.load(manifest, &key)).await.clone();
+        let mut state = self.state.lock().expect("cache lock");
+        if state.loading.get(&key).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+            state.loading.remove(&key);
+        }
+        if let Ok(model) = &result {
+            state.insert(key, model.clone(), self.config.max_bytes);
+        }
+        result
+    }
+
+    /// Keys of the models currently loaded, least recently used first.
+    pub fn loaded_keys(&self) -> Vec<String> {
+        self.state.lock().expect("cache lock").loaded.iter().map(|(k, _)| k.clone()).collect()
+    }
+
+    async fn load(&self, manifest: &Manifest, key: &str) -> LoadResult {
+        let label = format!("{}:{}", manifest.name, manifest.version);
+        let folder = self.config.dir.join(key);
+        let started = Instant::now();
+        self.fetch_files(manifest, &folder).await.map_err(|e| {
+            tracing::error!(model = %label, error = %e, "fetching model files failed");
+            Error::Unavailable(format!("model '{label}' could not be fetched: {e}"))
+        })?;
+        let fetched = started.elapsed();
+        let model_file = folder.join(lmaas_core::manifest::MODEL_FILE);
+        let providers = self.config.providers.clone();
+        let bytes = manifest.total_bytes();
+        let loaded = tokio::task::spawn_blocking(move || LoadedModel::load(&model_file, &providers, bytes))
+            .await
+            .map_err(|e| Error::Internal(format!("session creation task failed: {e}")))?
+            .map_err(|e| {
+                tracing::error!(model = %label, error = %e, "creating the model session failed");
+                match e {
+                    EngineError::Load(reason) => Error::Unavailable(format!("model '{label}' failed to load: {reason}")),
+                    other => other.into(),
+                }
+            })?;
+        tracing::info!(
+            model = %label,
+            fetch_ms = fetched.as_millis() as u64,
+            session_ms = (started.elapsed() - fetched).as_millis() as u64,
+            execution_provider = %loaded.execution_provider(),
+            "model loaded"
+        );
+        Ok(Arc::new(loaded))
+    }
+
+    /// Makes every file of the version present in `folder`, verified against the manifest. A file
+    /// already there was verified before it was renamed into place, so it is reused as is.
+    async fn fetch_files(&self, manifest: &Manifest, folder: &Path) -> Result<(), String> {
+        tokio::fs::create_dir_all(folder).await.map_err(|e| format!("creating the cache folder: {e}"))?;
+        if manifest.model_file().is_none() {
+            return Err("the version has no model.onnx".into());
+        }
+        for (file, entry) in &manifest.files {
+            if file.is_empty() || file.contains(['/', '\\']) || file.starts_with('.') {
+                return Err(format!("file name '{file}' is not allowed"));
+            }
+            let path = folder.join(file);
+            if tokio::fs::metadata(&path).await.is_ok_and(|m| m.len() == entry.size) {
+                tracing::debug!(file, "model file found in the disk cache");
+                continue;
+            }
+            let partial = folder.join(format!(".{file}.{}.{}.part", std::process::id(), unique()));
+            let downloaded = self.store.download(&manifest.name, manifest.version, file, &partial).await;
+            let verified = match downloaded {
+                Ok(()) => verify(&partial, entry.size, &entry.sha256).await,
+                Err(e) => Err(format!("downloading {file}: {e}")),
+            };
+            if let Err(e) = verified {
+                let _ = tokio::fs::remove_file(&partial).await;
+                return Err(e);
+            }
+            tokio::fs::rename(&partial, &path).await.map_err(|e| format!("renaming {file} into place: {e}"))?;
+            tracing::info!(file, bytes = entry.size, "model file downloaded and verified");
+        }
+        Ok(())
+    }
+}
+
+/// The content key of a version: a hash over its files' names and hashes, so versions with the
+/// same content share a folder and a session.
+fn cache_key(manifest: &Manifest) -> String {
+    let mut hasher = Sha256::new();
+    for (file, entry) in &manifest.files {
+        hasher.update(file.as_bytes());
+        hasher.update([0]);
+        hasher.update(entry.sha256.as_bytes());
+        hasher.update([0]);
+    }
+    hex::encode(hasher.finalize())
+}
+
+async fn verify(path: &Path, size: u64, sha256: &str) -> Result<(), String> {
+    let mut file = tokio::fs::File::open(path).await.map_err(|e| format!("reading the download: {e}"))?;
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    loop {
+        let n = file.read(&mut buffer).await.map_err(|e| format!("reading the download: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+        hasher.update(&buffer[..n]);
+    }
+    let actual = hex::encode(hasher.finalize());
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    if total != size {
+        return Err(format!("{name} has {total} bytes, the manifest says {size}"));
+    }
+    if !actual.eq_ignore_ascii_case(sha256) {
+        return Err(format!("{name} failed verification: sha256 {actual}, the manifest says {sha256}"));
+    }
+    Ok(())
+}
+
+fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}

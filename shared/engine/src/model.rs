@@ -1,0 +1,164 @@
+//! A model loaded into an ONNX Runtime session, and the conversion between lmaas tensors and
+//! ORT values. Inputs arrive already validated against the manifest (lmaas_core::v2).
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use lmaas_core::{DataType, Tensor, TensorData};
+use ort::ep::ExecutionProvider as _;
+use ort::memory::Allocator;
+use ort::session::{OutputSelector, RunOptions, Session};
+use ort::value::{DynTensor, DynTensorValueType, DynValue, TensorElementType};
+
+use crate::{EngineError, ExecutionProvider, ExecutionProviders, Runtime};
+
+/// A session ready to run, with the provider it actually got.
+pub struct LoadedModel {
+    // ORT's run needs `&mut Session` (some allocators are not thread safe), so runs on one
+    // model are serialized; a Lambda instance serves one request at a time anyway.
+    session: Mutex<Session>,
+    execution_provider: ExecutionProvider,
+    bytes: u64,
+}
+
+impl LoadedModel {
+    /// Creates a session from `model_file`, trying `providers` in order. A provider that cannot be
+    /// registered is logged with the reason and the next one is tried: never a silent fallback.
+    pub fn load(model_file: &Path, providers: &ExecutionProviders, bytes: u64) -> Result<Self, EngineError> {
+        let runtime = Runtime::get()?;
+        let load_error = |e: &dyn std::fmt::Display| EngineError::Load(format!("ONNX Runtime could not load the model: {e}"));
+        let mut builder = Session::builder(&runtime.environment).map_err(|e| load_error(&e))?;
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        builder = builder
+            .with_intra_threads(threads)
+            .and_then(|b| b.with_inter_threads(1))
+            .map_err(|e| load_error(&e))?;
+        let mut chosen = ExecutionProvider::Cpu;
+        for provider in providers.iter() {
+            match provider {
+                ExecutionProvider::Cpu => break,
+                ExecutionProvider::Cuda => match ort::ep::CUDA::default().register(&mut builder) {
+                    Ok(()) => {
+                        chosen = ExecutionProvider::Cuda;
+                        break;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "CUDA execution provider requested but unavailable; trying the next provider"),
+                },
+            }
+        }
+        let session = builder.commit_from_file(model_file).map_err(|e| {
+            // ORT quotes the file path; clients only need the reason.
+            let message = e.to_string().replace(&model_file.display().to_string(), "model.onnx");
+            load_error(&message)
+        })?;
+        tracing::info!(execution_provider = %chosen, threads, "model session created");
+        Ok(LoadedModel { session: Mutex::new(session), execution_provider: chosen, bytes })
+    }
+
+    pub fn execution_provider(&self) -> ExecutionProvider {
+        self.execution_provider
+    }
+
+    /// Bytes this model is charged in the cache (its files' size, a fair proxy for its memory).
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Runs the model on `inputs`, computing only the `outputs` named, returned in that order.
+    pub fn run(&self, inputs: &[Tensor], outputs: &[String]) -> Result<Vec<Tensor>, EngineError> {
+        let values = inputs
+            .iter()
+            .map(|t| Ok((t.name.as_str(), to_value(t)?)))
+            .collect::<Result<Vec<(&str, DynValue)>, EngineError>>()?;
+        let selector = outputs.iter().fold(OutputSelector::no_default(), |s, name| s.with(name.as_str()));
+        let options = RunOptions::new()
+            .map_err(|e| EngineError::Internal(format!("creating run options: {e}")))?
+            .with_outputs(selector);
+        let mut session = self.session.lock().map_err(|_| EngineError::Internal("session lock poisoned".into()))?;
+        let mut results = session.run_with_options(values, &options).map_err(|e| EngineError::Run(e.to_string()))?;
+        outputs
+            .iter()
+            .map(|name| {
+                let value = results
+                    .remove(name.as_str())
+                    .ok_or_else(|| EngineError::Internal(format!("ONNX Runtime returned no output '{name}'")))?;
+                from_value(name, value)
+            })
+            .collect()
+    }
+}
+
+fn element_type(datatype: DataType) -> TensorElementType {
+    match datatype {
+        DataType::Bool => TensorElementType::Bool,
+        DataType::Uint8 => TensorElementType::Uint8,
+        DataType::Uint16 => TensorElementType::Uint16,
+        DataType::Uint32 => TensorElementType::Uint32,
+        DataType::Uint64 => TensorElementType::Uint64,
+        DataType::Int8 => TensorElementType::Int8,
+        DataType::Int16 => TensorElementType::Int16,
+        DataType::Int32 => TensorElementType::Int32,
+        DataType::Int64 => TensorElementType::Int64,
+        DataType::Fp16 => TensorElementType::Float16,
+        DataType::Bf16 => TensorElementType::Bfloat16,
+        DataType::Fp32 => TensorElementType::Float32,
+        DataType::Fp64 => TensorElementType::Float64,
+        DataType::Bytes => TensorElementType::String,
+    }
+}
+
+fn datatype(element: TensorElementType) -> Option<DataType> {
+    DataType::ALL.into_iter().find(|&d| element_type(d) == element)
+}
+
+fn to_value(tensor: &Tensor) -> Result<DynValue, EngineError> {
+    let internal = |e: ort::Error| EngineError::Internal(format!("creating input '{}': {e}", tensor.name));
+    match &tensor.data {
+        TensorData::Raw(bytes) => {
+            let mut value = DynTensor::new(&Allocator::default(), element_type(tensor.datatype), tensor.shape.clone())
+                .map_err(internal)?;
+            if !bytes.is_empty() {
+                // SAFETY: ORT allocated a CPU buffer of exactly element_count * element_size bytes
+                // for this shape and type, and validation guarantees `bytes` has that length.
+                unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), value.data_ptr_mut().cast::<u8>(), bytes.len()) };
+            }
+            Ok(value.into_dyn())
+        }
+        TensorData::Bytes(items) => {
+            let strings = items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| {
+                    String::from_utf8(item.clone()).map_err(|_| {
+                        EngineError::Run(format!("input '{}' element {i} is not UTF-8 text, which ONNX string tensors require", tensor.name))
+                    })
+                })
+                .collect::<Result<Vec<String>, _>>()?;
+            let value = ort::value::Tensor::from_string_array((tensor.shape.clone(), strings.as_slice())).map_err(internal)?;
+            Ok(value.into_dyn())
+        }
+    }
+}
+
+fn from_value(name: &str, value: DynValue) -> Result<Tensor, EngineError> {
+    let internal = |what: String| EngineError::Internal(format!("reading output '{name}': {what}"));
+    let tensor = value.downcast::<DynTensorValueType>().map_err(|e| internal(format!("not a tensor: {e}")))?;
+    let element = *tensor.data_type();
+    let datatype = datatype(element).ok_or_else(|| internal(format!("element type {element:?} is not served")))?;
+    let shape: Vec<usize> = tensor.shape().iter().map(|&d| d.max(0) as usize).collect();
+    let count: usize = shape.iter().product();
+    let data = if datatype == DataType::Bytes {
+        let (_, strings) = tensor.try_extract_strings().map_err(|e| internal(e.to_string()))?;
+        TensorData::Bytes(strings.into_iter().map(String::into_bytes).collect())
+    } else {
+        let size = count * datatype.element_size().expect("numeric type");
+        let mut bytes = vec![0u8; size];
+        if size > 0 {
+            // SAFETY: sessions run on CPU-accessible memory for outputs (ORT copies results back
+            // from device providers), and the buffer holds `count` elements of this type.
+            unsafe { std::ptr::copy_nonoverlapping(tensor.data_ptr().cast::<u8>(), bytes.as_mut_ptr(), size) };
+        }
+        TensorData::Raw(bytes)
+    };
+    Ok(Tensor { name: name.to_string(), datatype, shape, data })
+}
