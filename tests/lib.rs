@@ -1,1 +1,110 @@
-//! placeholder
+//! Test support: starts the real local stack once per test process (the same script as
+//! `make dev`, on free ports), and gives tests HTTP and S3 clients for it.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The running stack: its API URL and the environment `make dev` wrote for it.
+pub struct Stack {
+    pub url: String,
+    pub env: HashMap<String, String>,
+}
+
+static STACK: OnceLock<Stack> = OnceLock::new();
+
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+}
+
+/// The stack for this test process, started on first use. It stops when the process exits.
+pub fn stack() -> &'static Stack {
+    STACK.get_or_init(start_stack)
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port()
+}
+
+fn start_stack() -> Stack {
+    let (port, emulator_port) = (free_port(), free_port());
+    let state = root().join("target").join("lmaas-tests").join(port.to_string());
+    std::fs::create_dir_all(&state).expect("state folder");
+    let env_file = state.join("dev.env");
+    let log_path = state.join("dev.log");
+    let log = std::fs::File::create(&log_path).expect("log file");
+    let mut child = Command::new(root().join("infra/local/dev.sh"))
+        .arg("--watch-parent")
+        .arg(std::process::id().to_string())
+        .env("LMAAS_DEV_PORT", port.to_string())
+        .env("LMAAS_EMULATOR_PORT", emulator_port.to_string())
+        .env("LMAAS_DEV_ENV_FILE", &env_file)
+        .env("LMAAS_STATE_DIR", &state)
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .expect("starting infra/local/dev.sh");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let started = Instant::now();
+    let ready = BufReader::new(stdout).lines().map_while(Result::ok).any(|line| line.contains("dev stack ready"));
+    if !ready {
+        let tail = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let tail: String = tail.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+        panic!("the dev stack did not start ({:?}); log {}:\n{tail}", started.elapsed(), log_path.display());
+    }
+    let env: HashMap<String, String> = std::fs::read_to_string(&env_file)
+        .expect("dev.env")
+        .lines()
+        .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+        .collect();
+    Stack { url: env["LMAAS_URL"].clone(), env }
+}
+
+impl Stack {
+    /// An S3 client for the emulator, through the real SDK.
+    pub async fn s3(&self) -> aws_sdk_s3::Client {
+        let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .endpoint_url(&self.env["AWS_ENDPOINT_URL"])
+            .region(aws_config::Region::new("us-east-1"))
+            .credentials_provider(aws_sdk_s3::config::Credentials::new("lmaas-local", "lmaas-local", None, None, "tests"))
+            .load()
+            .await;
+        let s3 = aws_sdk_s3::config::Builder::from(&config).force_path_style(true).build();
+        aws_sdk_s3::Client::from_conf(s3)
+    }
+
+    pub fn bucket(&self) -> &str {
+        &self.env["LMAAS_BUCKET"]
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().timeout(Duration::from_secs(120)).build().expect("http client")
+}
+
+/// A committed fixture: a V2 request and the outputs ONNX Runtime (Python) gave for it.
+pub fn fixture(name: &str) -> Value {
+    let path = root().join("samples/fixtures").join(format!("{name}.json"));
+    serde_json::from_str(&std::fs::read_to_string(&path).expect("fixture")).expect("fixture JSON")
+}
+
+/// Asserts that a V2 output matches the expected tensor: same datatype and shape, and data equal
+/// (numbers within `tolerance`, everything else exactly).
+pub fn assert_tensor_matches(name: &str, actual: &Value, expected: &Value, tolerance: f64) {
+    assert_eq!(actual["datatype"], expected["datatype"], "{name}: datatype");
+    assert_eq!(actual["shape"], expected["shape"], "{name}: shape");
+    let (a, e) = (actual["data"].as_array().expect("data"), expected["data"].as_array().expect("data"));
+    assert_eq!(a.len(), e.len(), "{name}: element count");
+    for (i, (a, e)) in a.iter().zip(e).enumerate() {
+        match (a.as_f64(), e.as_f64()) {
+            (Some(a), Some(e)) => assert!((a - e).abs() <= tolerance, "{name}[{i}]: {a} vs {e}"),
+            _ => assert_eq!(a, e, "{name}[{i}]"),
+        }
+    }
+}

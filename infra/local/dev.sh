@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# The local lmaas stack (`make dev`): the S3+SQS emulator, the bucket and jobs queue, the sample
+# models in S3, and every function under `cargo lambda watch` with the API's real paths.
+# Stops everything it started on Ctrl-C / SIGTERM (or when --watch-parent PID exits).
+#
+# Settings (env): LMAAS_DEV_PORT (9000), LMAAS_EMULATOR_PORT (5000),
+#                 LMAAS_DEV_ENV_FILE (.lmaas/dev.env), LMAAS_STATE_DIR (.lmaas/dev)
+set -euo pipefail
+root="$(cd "$(dirname "$0")/../.." && pwd)"
+cd "$root"
+watch_parent=""
+[ "${1:-}" = "--watch-parent" ] && watch_parent="$2"
+
+port="${LMAAS_DEV_PORT:-9000}"
+emulator_port="${LMAAS_EMULATOR_PORT:-5000}"
+env_file="${LMAAS_DEV_ENV_FILE:-$root/.lmaas/dev.env}"
+state="${LMAAS_STATE_DIR:-$root/.lmaas/dev}"
+venv="$root/.lmaas/venv"
+bucket="lmaas-local"
+log() { echo "[dev] $*" >&2; }
+
+infra/local/setup.sh
+infra/local/samples.sh
+export PATH="$venv/bin:$PATH"
+
+pids=()
+cleanup() {
+  trap - EXIT INT TERM
+  log "stopping"
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+wait_for() { # url, seconds, what
+  for _ in $(seq 1 $(($2 * 10))); do
+    curl -s -o /dev/null "$1" && return 0
+    sleep 0.1
+  done
+  log "$3 did not come up at $1"; return 1
+}
+port_busy() { (echo > "/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+for p in "$port" "$emulator_port"; do
+  if port_busy "$p"; then log "port $p is in use (another make dev?); stop it or set LMAAS_DEV_PORT / LMAAS_EMULATOR_PORT"; exit 1; fi
+done
+
+mkdir -p "$state"
+log "starting the S3+SQS emulator (moto) on 127.0.0.1:$emulator_port"
+moto_server -H 127.0.0.1 -p "$emulator_port" > "$state/emulator.log" 2>&1 &
+pids+=($!)
+wait_for "http://127.0.0.1:$emulator_port/moto-api/" 30 "the emulator"
+
+export AWS_ENDPOINT_URL="http://127.0.0.1:$emulator_port" AWS_REGION=us-east-1 \
+  AWS_ACCESS_KEY_ID=lmaas-local AWS_SECRET_ACCESS_KEY=lmaas-local
+queue_url="$("$venv/bin/python" infra/local/bootstrap.py --bucket "$bucket" --queue lmaas-jobs)"
+log "seeding sample models into s3://$bucket"
+"$venv/bin/python" infra/local/seed_models.py --bucket "$bucket" \
+  --model "mlp=.lmaas/samples/mlp:1:tensor" \
+  --model "dtypes=.lmaas/samples/dtypes:1:tensor" \
+  --model "minilm=.lmaas/samples/minilm:1:embeddings" >&2
+
+# Plain KEY=value lines: both `source` and dotenv parsers read them.
+mkdir -p "$(dirname "$env_file")"
+cat > "$env_file.tmp" <<ENV
+LMAAS_URL=http://127.0.0.1:$port
+LMAAS_TOKEN=
+AWS_ENDPOINT_URL=$AWS_ENDPOINT_URL
+AWS_REGION=$AWS_REGION
+AWS_ACCESS_KEY_ID=$AWS_ACCESS_KEY_ID
+AWS_SECRET_ACCESS_KEY=$AWS_SECRET_ACCESS_KEY
+LMAAS_BUCKET=$bucket
+LMAAS_JOBS_QUEUE_URL=$queue_url
+LMAAS_MODEL_CACHE_DIR=$state/model-cache
+LMAAS_EXECUTION_PROVIDERS=${LMAAS_EXECUTION_PROVIDERS:-cpu}
+LMAAS_LOG_FORMAT=text
+ORT_DYLIB_PATH=$root/.lmaas/ort/libonnxruntime.so.1.31.1
+ENV
+mv "$env_file.tmp" "$env_file"
+
+log "building the functions"
+cargo build --workspace --bins >&2
+log "starting cargo lambda watch on 127.0.0.1:$port"
+cargo lambda watch -A 127.0.0.1 -P "$port" --ignore-changes --env-file "$env_file" > "$state/watch.log" 2>&1 &
+pids+=($!)
+wait_for "http://127.0.0.1:$port/v2/health/live" 300 "cargo lambda watch"
+# Warm both functions so the first real request does not pay their start.
+curl -s -o /dev/null -X POST -H 'content-type: application/json' \
+  -d @samples/requests/mlp.json "http://127.0.0.1:$port/v2/models/mlp/infer" 2>/dev/null || true
+
+cat <<MSG
+lmaas dev stack ready on http://127.0.0.1:$port  (env: $env_file, logs: $state/*.log)
+  curl -s -X POST http://127.0.0.1:$port/v2/models/mlp/infer -H 'content-type: application/json' \\
+    -d '{"inputs":[{"name":"input","datatype":"FP32","shape":[1,4],"data":[1,2,3,4]}]}'
+  curl -s -X POST http://127.0.0.1:$port/v2/models/minilm/infer -H 'content-type: application/json' \\
+    -d @samples/requests/minilm.json
+  curl -s http://127.0.0.1:$port/v2/models/minilm
+MSG
+if [ -n "$watch_parent" ]; then
+  while kill -0 "$watch_parent" 2>/dev/null; do sleep 1; done
+else
+  wait -n
+fi
