@@ -15,6 +15,8 @@ use serde_json::Value;
 pub struct Stack {
     pub url: String,
     pub env: HashMap<String, String>,
+    // The script stops the stack by itself when this process exits (it watches our pid).
+    _script: std::process::Child,
 }
 
 static STACK: OnceLock<Stack> = OnceLock::new();
@@ -55,7 +57,8 @@ fn start_stack() -> Stack {
     let ready = BufReader::new(stdout).lines().map_while(Result::ok).any(|line| line.contains("dev stack ready"));
     if !ready {
         let tail = std::fs::read_to_string(&log_path).unwrap_or_default();
-        let tail: String = tail.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+        let tail: String =
+            tail.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
         panic!("the dev stack did not start ({:?}); log {}:\n{tail}", started.elapsed(), log_path.display());
     }
     let env: HashMap<String, String> = std::fs::read_to_string(&env_file)
@@ -63,7 +66,7 @@ fn start_stack() -> Stack {
         .lines()
         .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
         .collect();
-    Stack { url: env["LMAAS_URL"].clone(), env }
+    Stack { url: env["LMAAS_URL"].clone(), env, _script: child }
 }
 
 impl Stack {
@@ -72,7 +75,13 @@ impl Stack {
         let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
             .endpoint_url(&self.env["AWS_ENDPOINT_URL"])
             .region(aws_config::Region::new("us-east-1"))
-            .credentials_provider(aws_sdk_s3::config::Credentials::new("lmaas-local", "lmaas-local", None, None, "tests"))
+            .credentials_provider(aws_sdk_s3::config::Credentials::new(
+                "lmaas-local",
+                "lmaas-local",
+                None,
+                None,
+                "tests",
+            ))
             .load()
             .await;
         let s3 = aws_sdk_s3::config::Builder::from(&config).force_path_style(true).build();

@@ -52,7 +52,8 @@ async fn every_datatype_round_trips_through_the_model() {
 #[tokio::test]
 async fn versions_aliases_and_encoded_tags_resolve_to_the_same_model() {
     let request = fixture("mlp")["request"].clone();
-    for path in ["/v2/models/mlp/versions/1/infer", "/v2/models/mlp/versions/latest/infer", "/v2/models/mlp%3A1/infer"] {
+    for path in ["/v2/models/mlp/versions/1/infer", "/v2/models/mlp/versions/latest/infer", "/v2/models/mlp%3A1/infer"]
+    {
         let (status, body) = infer(path, &request).await;
         assert_eq!(status, StatusCode::OK, "{path}: {body}");
         assert_eq!(body["model_version"], "1", "{path}");
@@ -94,10 +95,8 @@ async fn binary_tensor_data_goes_both_ways() {
     let bytes = response.bytes().await.unwrap();
     let head: Value = serde_json::from_slice(&bytes[..json_length]).unwrap();
     assert_eq!(head["outputs"][0]["parameters"]["binary_data_size"], 36);
-    let values: Vec<Value> = bytes[json_length..]
-        .chunks_exact(4)
-        .map(|c| json!(f32::from_le_bytes(c.try_into().unwrap()) as f64))
-        .collect();
+    let values: Vec<Value> =
+        bytes[json_length..].chunks_exact(4).map(|c| json!(f32::from_le_bytes(c.try_into().unwrap()) as f64)).collect();
     let actual = json!({"datatype": "FP32", "shape": head["outputs"][0]["shape"], "data": values});
     assert_tensor_matches("output", &actual, &fixture["expected"]["output"], 1e-5);
 }
@@ -123,16 +122,40 @@ async fn metadata_reports_dynamic_dims_and_the_execution_provider() {
 async fn bad_input_gets_a_clear_client_error() {
     let mlp = |shape: Value, data: Value| json!({"inputs": [{"name": "input", "datatype": "FP32", "shape": shape, "data": data}]});
     let cases: Vec<(&str, &str, Value, u16, &str)> = vec![
-        ("wrong datatype", "mlp", json!({"inputs": [{"name": "input", "datatype": "INT32", "shape": [1, 4], "data": [1, 2, 3, 4]}]}), 400, "expected datatype FP32, got INT32"),
+        (
+            "wrong datatype",
+            "mlp",
+            json!({"inputs": [{"name": "input", "datatype": "INT32", "shape": [1, 4], "data": [1, 2, 3, 4]}]}),
+            400,
+            "expected datatype FP32, got INT32",
+        ),
         ("shape/data mismatch", "mlp", mlp(json!([2, 4]), json!([1, 2, 3, 4])), 400, "needs 8 elements"),
         ("negative dim", "mlp", mlp(json!([-2, 4]), json!([])), 400, "negative"),
         ("zero dim", "mlp", mlp(json!([0, 4]), json!([])), 400, "is 0"),
         ("huge dims", "mlp", mlp(json!([9_223_372_036_854_775_807_i64, 4]), json!([])), 400, "elements allowed"),
         ("fixed dim", "mlp", mlp(json!([1, 3]), json!([1, 2, 3])), 400, "dim 1 must be 4"),
         ("missing input", "mlp", json!({"inputs": []}), 400, "missing input 'input'"),
-        ("extra input", "mlp", json!({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}, {"name": "x", "datatype": "FP32", "shape": [1], "data": [1]}]}), 400, "unknown input 'x'"),
-        ("unknown output", "mlp", json!({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}], "outputs": [{"name": "logits"}]}), 400, "unknown output 'logits'"),
-        ("value out of range", "dtypes", json!({"inputs": [{"name": "x_int8", "datatype": "INT8", "shape": [1], "data": [300]}]}), 400, "out of range"),
+        (
+            "extra input",
+            "mlp",
+            json!({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}, {"name": "x", "datatype": "FP32", "shape": [1], "data": [1]}]}),
+            400,
+            "unknown input 'x'",
+        ),
+        (
+            "unknown output",
+            "mlp",
+            json!({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}], "outputs": [{"name": "logits"}]}),
+            400,
+            "unknown output 'logits'",
+        ),
+        (
+            "value out of range",
+            "dtypes",
+            json!({"inputs": [{"name": "x_int8", "datatype": "INT8", "shape": [1], "data": [300]}]}),
+            400,
+            "out of range",
+        ),
         ("unknown model", "nope", mlp(json!([1, 4]), json!([1, 2, 3, 4])), 404, "does not exist"),
         ("invalid model name", "Bad.Name", mlp(json!([1, 4]), json!([1, 2, 3, 4])), 400, "invalid model name"),
     ];
@@ -150,20 +173,23 @@ async fn bad_input_gets_a_clear_client_error() {
 #[tokio::test]
 async fn malformed_json_and_oversized_bodies_are_rejected() {
     let url = format!("{}/v2/models/mlp/infer", stack().url);
-    let response = client().post(&url).header("content-type", "application/json").body("{\"inputs\": [").send().await.unwrap();
+    let response =
+        client().post(&url).header("content-type", "application/json").body("{\"inputs\": [").send().await.unwrap();
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
     let body: Value = response.json().await.unwrap();
     assert!(body["error"].as_str().unwrap().contains("not a valid V2 infer request"), "{body}");
 
     let huge = vec![b' '; 6 * 1024 * 1024 + 1];
-    let response = client().post(&url).header("content-type", "application/octet-stream").body(huge).send().await.unwrap();
+    let response =
+        client().post(&url).header("content-type", "application/octet-stream").body(huge).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
 }
 
 #[tokio::test]
 async fn a_binary_header_length_that_lies_is_rejected() {
     let url = format!("{}/v2/models/mlp/infer", stack().url);
-    let header = br#"{"inputs":[{"name":"input","datatype":"FP32","shape":[1,4],"parameters":{"binary_data_size":16}}]}"#;
+    let header =
+        br#"{"inputs":[{"name":"input","datatype":"FP32","shape":[1,4],"parameters":{"binary_data_size":16}}]}"#;
     let body = |binary: usize| [header.as_slice(), &vec![0u8; binary]].concat();
     let cases = [
         (body(12), header.len(), "binary_data_size is 16 but only 12 bytes"),

@@ -64,7 +64,11 @@ impl ModelsConfig {
     }
 
     pub fn from_lookup(env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        Ok(ModelsConfig { bucket: required(&env, "LMAAS_BUCKET")?, providers: providers(&env)?, alias_ttl: alias_ttl(&env)? })
+        Ok(ModelsConfig {
+            bucket: required(&env, "LMAAS_BUCKET")?,
+            providers: providers(&env)?,
+            alias_ttl: alias_ttl(&env)?,
+        })
     }
 }
 
@@ -85,7 +89,9 @@ fn parsed<T: std::str::FromStr>(env: &impl Fn(&str) -> Option<String>, name: &st
 fn providers(env: &impl Fn(&str) -> Option<String>) -> Result<ExecutionProviders, ConfigError> {
     match optional(env, "LMAAS_EXECUTION_PROVIDERS") {
         None => Ok(ExecutionProviders::cpu()),
-        Some(raw) => ExecutionProviders::parse(&raw).map_err(|e| ConfigError(format!("LMAAS_EXECUTION_PROVIDERS: {e}"))),
+        Some(raw) => {
+            ExecutionProviders::parse(&raw).map_err(|e| ConfigError(format!("LMAAS_EXECUTION_PROVIDERS: {e}")))
+        }
     }
 }
 
@@ -122,13 +128,17 @@ mod tests {
 
     #[test]
     fn malformed_values_name_their_variable() {
-        let err = InferConfig::from_lookup(lookup(&[("LMAAS_BUCKET", "b"), ("LMAAS_MODEL_CACHE_BYTES", "lots")])).unwrap_err();
+        let err = InferConfig::from_lookup(lookup(&[("LMAAS_BUCKET", "b"), ("LMAAS_MODEL_CACHE_BYTES", "lots")]))
+            .unwrap_err();
         assert!(err.to_string().contains("LMAAS_MODEL_CACHE_BYTES='lots'"));
-        let err = InferConfig::from_lookup(lookup(&[("LMAAS_BUCKET", "b"), ("LMAAS_PRELOAD", "mlp, Bad")])).unwrap_err();
+        let err =
+            InferConfig::from_lookup(lookup(&[("LMAAS_BUCKET", "b"), ("LMAAS_PRELOAD", "mlp, Bad")])).unwrap_err();
         assert!(err.to_string().contains("LMAAS_PRELOAD"));
-        let err = InferConfig::from_lookup(lookup(&[("LMAAS_BUCKET", "b"), ("LMAAS_EXECUTION_PROVIDERS", "gpu")])).unwrap_err();
+        let err = InferConfig::from_lookup(lookup(&[("LMAAS_BUCKET", "b"), ("LMAAS_EXECUTION_PROVIDERS", "gpu")]))
+            .unwrap_err();
         assert!(err.to_string().contains("LMAAS_EXECUTION_PROVIDERS"));
-        let ok = InferConfig::from_lookup(lookup(&[("LMAAS_BUCKET", "b"), ("LMAAS_PRELOAD", "mlp, minilm:1")])).unwrap();
+        let ok =
+            InferConfig::from_lookup(lookup(&[("LMAAS_BUCKET", "b"), ("LMAAS_PRELOAD", "mlp, minilm:1")])).unwrap();
         assert_eq!(ok.preload.len(), 2);
     }
 }

@@ -46,7 +46,9 @@ impl InferService {
         for reference in &self.preload {
             let loaded = async { self.cache.get(&*self.resolver.resolve(reference).await?).await }.await;
             match loaded {
-                Ok(model) => tracing::info!(model = %reference, execution_provider = %model.execution_provider(), "preloaded"),
+                Ok(model) => {
+                    tracing::info!(model = %reference, execution_provider = %model.execution_provider(), "preloaded")
+                }
                 Err(e) => tracing::error!(model = %reference, error = %e, "preloading failed"),
             }
         }
@@ -66,7 +68,9 @@ impl InferService {
         let manifest = self.resolver.resolve(model).await?;
         let header_length = match request.headers().get(HEADER_LENGTH) {
             None => None,
-            Some(value) => Some(value.to_str().map_err(|_| Error::bad_request("Inference-Header-Content-Length is not text"))?),
+            Some(value) => {
+                Some(value.to_str().map_err(|_| Error::bad_request("Inference-Header-Content-Length is not text"))?)
+            }
         };
         let parsed = InferRequest::parse(request.body(), header_length, &manifest, &self.limits)?;
         let loaded = self.cache.get(&manifest).await?;
@@ -82,9 +86,9 @@ impl InferService {
         let encoded = encode_response(&manifest, parsed.id.as_deref(), parameters, &outputs);
         let response = Response::builder().status(StatusCode::OK);
         let response = match encoded.header_length {
-            Some(length) => response
-                .header(header::CONTENT_TYPE, "application/octet-stream")
-                .header(HEADER_LENGTH, length),
+            Some(length) => {
+                response.header(header::CONTENT_TYPE, "application/octet-stream").header(HEADER_LENGTH, length)
+            }
             None => response.header(header::CONTENT_TYPE, "application/json"),
         };
         response.body(Bytes::from(encoded.body)).map_err(|e| Error::Internal(format!("building the response: {e}")))

@@ -30,10 +30,8 @@ where
 /// JSON goes back as text; anything else (binary tensor data) as bytes, which API Gateway
 /// base64-encodes on the way out.
 fn into_lambda_response(response: Response<Bytes>) -> Response<Body> {
-    let is_json = response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    let is_json =
+        response.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
     response.map(|bytes| match (is_json, String::from_utf8(bytes.to_vec())) {
         (true, Ok(text)) => Body::Text(text),
         (_, Ok(text)) if text.is_empty() => Body::Empty,

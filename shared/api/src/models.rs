@@ -55,7 +55,10 @@ impl ModelsService {
                 Ok(()) => Ok(json(StatusCode::OK, &json!({"ready": true}))),
                 Err(e) => {
                     tracing::error!(error = %e, "not ready: the model store is unreachable");
-                    Ok(json(StatusCode::SERVICE_UNAVAILABLE, &json!({"ready": false, "error": "the model store is unreachable"})))
+                    Ok(json(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        &json!({"ready": false, "error": "the model store is unreachable"}),
+                    ))
                 }
             },
             Route::ModelMetadata(model) => {
@@ -68,7 +71,10 @@ impl ModelsService {
             }
             Route::ModelReady(model) => {
                 let manifest = self.resolver.resolve(&model).await?;
-                Ok(json(StatusCode::OK, &json!({"name": manifest.name, "version": manifest.version.to_string(), "ready": true})))
+                Ok(json(
+                    StatusCode::OK,
+                    &json!({"name": manifest.name, "version": manifest.version.to_string(), "ready": true}),
+                ))
             }
             Route::Infer(_) => Err(Error::not_found("inference is served by the infer function")),
         }

@@ -84,15 +84,22 @@ mod tests {
         assert_eq!(infer, Route::Infer(ModelRef::parse("mlp:2").unwrap()));
         let tagged = route(Method::GET, "/v2/models/minilm%3Aint8/ready").unwrap();
         assert_eq!(tagged, Route::ModelReady(ModelRef::parse("minilm:int8").unwrap()));
-        assert_eq!(route(Method::GET, "/v2/models/mlp").unwrap(), Route::ModelMetadata(ModelRef::parse("mlp").unwrap()));
+        assert_eq!(
+            route(Method::GET, "/v2/models/mlp").unwrap(),
+            Route::ModelMetadata(ModelRef::parse("mlp").unwrap())
+        );
     }
 
     #[test]
     fn unknown_paths_bad_names_and_wrong_methods_are_client_errors() {
         assert!(matches!(route(Method::GET, "/v3"), Err(Error::NotFound(_))));
         assert!(matches!(route(Method::GET, "/v2/models/mlp/explode"), Err(Error::NotFound(_))));
-        assert!(matches!(route(Method::POST, "/v2/models/Bad!/infer"), Err(Error::BadRequest(m)) if m.contains("invalid model name")));
-        assert!(matches!(route(Method::GET, "/v2/models/mlp/infer"), Err(Error::BadRequest(m)) if m.contains("takes POST")));
+        assert!(
+            matches!(route(Method::POST, "/v2/models/Bad!/infer"), Err(Error::BadRequest(m)) if m.contains("invalid model name"))
+        );
+        assert!(
+            matches!(route(Method::GET, "/v2/models/mlp/infer"), Err(Error::BadRequest(m)) if m.contains("takes POST"))
+        );
         assert!(matches!(route(Method::GET, "/v2/models/m%zz"), Err(Error::BadRequest(_))));
     }
 }

@@ -12,11 +12,8 @@ pub fn init() {
         _ => in_lambda,
     };
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
-    let result = if json {
-        builder.json().with_current_span(false).without_time().try_init()
-    } else {
-        builder.try_init()
-    };
+    let result =
+        if json { builder.json().with_current_span(false).without_time().try_init() } else { builder.try_init() };
     // A second init (tests, benches) keeps the first subscriber.
     let _ = result;
 }

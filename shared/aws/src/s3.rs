@@ -44,7 +44,11 @@ impl S3ModelStore {
     async fn get_json_bytes(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         match self.client.get_object().bucket(&self.bucket).key(key).send().await {
             Ok(object) => {
-                let body = object.body.collect().await.map_err(|e| StoreError(format!("reading s3://{}/{key}: {e}", self.bucket)))?;
+                let body = object
+                    .body
+                    .collect()
+                    .await
+                    .map_err(|e| StoreError(format!("reading s3://{}/{key}: {e}", self.bucket)))?;
                 Ok(Some(body.into_bytes().to_vec()))
             }
             Err(SdkError::ServiceError(e)) if matches!(e.err(), GetObjectError::NoSuchKey(_)) => Ok(None),
@@ -58,7 +62,9 @@ impl ModelStore for S3ModelStore {
     async fn manifest(&self, name: &ModelName, version: Version) -> Result<Option<Manifest>, StoreError> {
         let key = Self::manifest_key(name, version);
         let Some(bytes) = self.get_json_bytes(&key).await? else { return Ok(None) };
-        serde_json::from_slice(&bytes).map(Some).map_err(|e| StoreError(format!("s3://{}/{key} is not a valid manifest: {e}", self.bucket)))
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| StoreError(format!("s3://{}/{key} is not a valid manifest: {e}", self.bucket)))
     }
 
     async fn alias(&self, name: &ModelName, alias: &AliasName) -> Result<Option<Version>, StoreError> {

@@ -36,9 +36,7 @@ fn is_valid_name(raw: &str) -> bool {
     !bytes.is_empty()
         && bytes.len() <= MAX_NAME_LEN
         && (bytes[0].is_ascii_lowercase() || bytes[0].is_ascii_digit())
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-'))
+        && bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 /// Echoes user input in messages without letting it flood or forge log lines.

@@ -140,7 +140,10 @@ impl Tensor {
 fn raw_to_json(datatype: DataType, bytes: &[u8]) -> Vec<Value> {
     macro_rules! numbers {
         ($ty:ty, $n:expr, $to:expr) => {
-            bytes.chunks_exact($n).map(|c| $to(<$ty>::from_le_bytes(c.try_into().expect("chunk size"))).into()).collect()
+            bytes
+                .chunks_exact($n)
+                .map(|c| $to(<$ty>::from_le_bytes(c.try_into().expect("chunk size"))).into())
+                .collect()
         };
     }
     match datatype {
@@ -251,7 +254,8 @@ mod tests {
         for datatype in DataType::ALL.into_iter().filter(|t| !matches!(t, DataType::Bytes | DataType::Bool)) {
             let data = convert(datatype, json!([0, 1, 2, 100])).unwrap();
             let tensor = Tensor { name: "x".into(), datatype, shape: vec![4], data };
-            let back: Vec<f64> = tensor.to_json_data().as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+            let back: Vec<f64> =
+                tensor.to_json_data().as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
             assert_eq!(back, vec![0.0, 1.0, 2.0, 100.0], "{datatype}");
         }
     }

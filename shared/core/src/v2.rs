@@ -154,16 +154,18 @@ impl<'a> BinaryCursor<'a> {
     }
 }
 
-fn parse_input(input: RawInput, spec: &TensorSpec, binary: &mut BinaryCursor, limits: &Limits) -> Result<Tensor, Error> {
+fn parse_input(
+    input: RawInput,
+    spec: &TensorSpec,
+    binary: &mut BinaryCursor,
+    limits: &Limits,
+) -> Result<Tensor, Error> {
     let name = &spec.name;
     let datatype = DataType::parse(&input.datatype).ok_or_else(|| {
         Error::bad_request(format!("input '{name}': unknown datatype '{}'", printable(&input.datatype)))
     })?;
     if datatype != spec.datatype {
-        return Err(Error::bad_request(format!(
-            "input '{name}': expected datatype {}, got {datatype}",
-            spec.datatype
-        )));
+        return Err(Error::bad_request(format!("input '{name}': expected datatype {}, got {datatype}", spec.datatype)));
     }
     let shape = parse_shape(name, &input.shape, spec, limits)?;
     let count = element_count(name, &shape, limits)?;
@@ -296,10 +298,18 @@ fn flatten<'a>(value: &'a Value, out: &mut Vec<&'a Value>) {
     }
 }
 
-fn parse_outputs(raw: Option<Vec<RawOutput>>, model: &Manifest, binary_default: Option<bool>) -> Result<Vec<RequestedOutput>, Error> {
+fn parse_outputs(
+    raw: Option<Vec<RawOutput>>,
+    model: &Manifest,
+    binary_default: Option<bool>,
+) -> Result<Vec<RequestedOutput>, Error> {
     let binary_default = binary_default.unwrap_or(false);
     let Some(raw) = raw else {
-        return Ok(model.outputs.iter().map(|o| RequestedOutput { name: o.name.clone(), binary: binary_default }).collect());
+        return Ok(model
+            .outputs
+            .iter()
+            .map(|o| RequestedOutput { name: o.name.clone(), binary: binary_default })
+            .collect());
     };
     let mut outputs: Vec<RequestedOutput> = Vec::with_capacity(raw.len());
     for output in raw {
@@ -443,16 +453,21 @@ mod tests {
     #[test]
     fn shape_and_data_length_mismatches_name_the_input_and_both_counts() {
         let message = bad(input(json!([2, 4]), json!([1, 2, 3, 4])));
-        assert!(message.contains("input 'input'") && message.contains("needs 8") && message.contains("has 4"), "{message}");
+        assert!(
+            message.contains("input 'input'") && message.contains("needs 8") && message.contains("has 4"),
+            "{message}"
+        );
     }
 
     #[test]
     fn wrong_datatype_rank_and_fixed_dims_are_rejected() {
-        let message = bad(json!({"inputs": [{"name": "input", "datatype": "INT64", "shape": [1, 4], "data": [1, 2, 3, 4]}]}));
+        let message =
+            bad(json!({"inputs": [{"name": "input", "datatype": "INT64", "shape": [1, 4], "data": [1, 2, 3, 4]}]}));
         assert!(message.contains("expected datatype FP32, got INT64"), "{message}");
         assert!(bad(input(json!([4]), json!([1, 2, 3, 4]))).contains("rank 1"));
         assert!(bad(input(json!([1, 5]), json!([1, 2, 3, 4, 5]))).contains("dim 1 must be 4"));
-        assert!(bad(json!({"inputs": [{"name": "input", "datatype": "FP99", "shape": [1, 4], "data": []}]})).contains("unknown datatype 'FP99'"));
+        assert!(bad(json!({"inputs": [{"name": "input", "datatype": "FP99", "shape": [1, 4], "data": []}]}))
+            .contains("unknown datatype 'FP99'"));
     }
 
     #[test]
@@ -500,7 +515,8 @@ mod tests {
 
     #[test]
     fn binary_lengths_that_lie_are_rejected() {
-        let header = br#"{"inputs":[{"name":"input","datatype":"FP32","shape":[1,4],"parameters":{"binary_data_size":16}}]}"#;
+        let header =
+            br#"{"inputs":[{"name":"input","datatype":"FP32","shape":[1,4],"parameters":{"binary_data_size":16}}]}"#;
         let mut body = header.to_vec();
         body.extend_from_slice(&[0u8; 12]);
         let parse = |body: &[u8], length: &str| InferRequest::parse(body, Some(length), &mlp(), &Limits::default());
@@ -523,7 +539,12 @@ mod tests {
 
     #[test]
     fn responses_put_binary_outputs_after_the_json_header() {
-        let tensor = Tensor { name: "output".into(), datatype: DataType::Fp32, shape: vec![1], data: TensorData::Raw(1f32.to_le_bytes().to_vec()) };
+        let tensor = Tensor {
+            name: "output".into(),
+            datatype: DataType::Fp32,
+            shape: vec![1],
+            data: TensorData::Raw(1f32.to_le_bytes().to_vec()),
+        };
         let json_only = encode_response(&mlp(), Some("r1"), Map::new(), &[(tensor.clone(), false)]);
         assert_eq!(json_only.header_length, None);
         let v: Value = serde_json::from_slice(&json_only.body).unwrap();

@@ -111,7 +111,9 @@ impl ModelCache {
             .map_err(|e| {
                 tracing::error!(model = %label, error = %e, "creating the model session failed");
                 match e {
-                    EngineError::Load(reason) => Error::Unavailable(format!("model '{label}' failed to load: {reason}")),
+                    EngineError::Load(reason) => {
+                        Error::Unavailable(format!("model '{label}' failed to load: {reason}"))
+                    }
                     other => other.into(),
                 }
             })?;

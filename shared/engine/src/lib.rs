@@ -1,13 +1,11 @@
 //! The lmaas inference engine: ONNX Runtime loaded once per process, sessions created with the
 //! execution providers the deployment asks for, and a model cache from S3 to disk to memory.
 
-
 pub mod cache;
 pub mod error;
 pub mod model;
 pub mod providers;
 pub mod runtime;
-
 
 pub use cache::{CacheConfig, ModelCache};
 pub use error::EngineError;

@@ -21,18 +21,26 @@ pub struct LoadedModel {
     bytes: u64,
 }
 
+impl std::fmt::Debug for LoadedModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedModel")
+            .field("execution_provider", &self.execution_provider)
+            .field("bytes", &self.bytes)
+            .finish()
+    }
+}
+
 impl LoadedModel {
     /// Creates a session from `model_file`, trying `providers` in order. A provider that cannot be
     /// registered is logged with the reason and the next one is tried: never a silent fallback.
     pub fn load(model_file: &Path, providers: &ExecutionProviders, bytes: u64) -> Result<Self, EngineError> {
         let runtime = Runtime::get()?;
-        let load_error = |e: &dyn std::fmt::Display| EngineError::Load(format!("ONNX Runtime could not load the model: {e}"));
+        let load_error =
+            |e: &dyn std::fmt::Display| EngineError::Load(format!("ONNX Runtime could not load the model: {e}"));
         let mut builder = Session::builder(&runtime.environment).map_err(|e| load_error(&e))?;
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        builder = builder
-            .with_intra_threads(threads)
-            .and_then(|b| b.with_inter_threads(1))
-            .map_err(|e| load_error(&e))?;
+        builder = builder.with_intra_threads(threads).map_err(|e| load_error(&e))?;
+        builder = builder.with_inter_threads(1).map_err(|e| load_error(&e))?;
         let mut chosen = ExecutionProvider::Cpu;
         for provider in providers.iter() {
             match provider {
@@ -42,7 +50,9 @@ impl LoadedModel {
                         chosen = ExecutionProvider::Cuda;
                         break;
                     }
-                    Err(e) => tracing::warn!(error = %e, "CUDA execution provider requested but unavailable; trying the next provider"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "CUDA execution provider requested but unavailable; trying the next provider")
+                    }
                 },
             }
         }
@@ -120,7 +130,9 @@ fn to_value(tensor: &Tensor) -> Result<DynValue, EngineError> {
             if !bytes.is_empty() {
                 // SAFETY: ORT allocated a CPU buffer of exactly element_count * element_size bytes
                 // for this shape and type, and validation guarantees `bytes` has that length.
-                unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), value.data_ptr_mut().cast::<u8>(), bytes.len()) };
+                unsafe {
+                    std::ptr::copy_nonoverlapping(bytes.as_ptr(), value.data_ptr_mut().cast::<u8>(), bytes.len())
+                };
             }
             Ok(value.into_dyn())
         }
@@ -130,11 +142,15 @@ fn to_value(tensor: &Tensor) -> Result<DynValue, EngineError> {
                 .enumerate()
                 .map(|(i, item)| {
                     String::from_utf8(item.clone()).map_err(|_| {
-                        EngineError::Run(format!("input '{}' element {i} is not UTF-8 text, which ONNX string tensors require", tensor.name))
+                        EngineError::Run(format!(
+                            "input '{}' element {i} is not UTF-8 text, which ONNX string tensors require",
+                            tensor.name
+                        ))
                     })
                 })
                 .collect::<Result<Vec<String>, _>>()?;
-            let value = ort::value::Tensor::from_string_array((tensor.shape.clone(), strings.as_slice())).map_err(internal)?;
+            let value =
+                ort::value::Tensor::from_string_array((tensor.shape.clone(), strings.as_slice())).map_err(internal)?;
             Ok(value.into_dyn())
         }
     }
