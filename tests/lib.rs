@@ -14,6 +14,8 @@ use serde_json::Value;
 /// The running stack: its API URL and the environment `make dev` wrote for it.
 pub struct Stack {
     pub url: String,
+    /// Where the stack keeps its logs (`watch.log` holds every function's output).
+    pub state: PathBuf,
     pub env: HashMap<String, String>,
     // The script stops the stack by itself when this process exits (it watches our pid).
     _script: std::process::Child,
@@ -64,9 +66,9 @@ fn start_stack() -> Stack {
     let env: HashMap<String, String> = std::fs::read_to_string(&env_file)
         .expect("dev.env")
         .lines()
-        .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+        .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_string(), v.trim_matches('\'').to_string())))
         .collect();
-    Stack { url: env["LMAAS_URL"].clone(), env, _script: child }
+    Stack { url: env["LMAAS_URL"].clone(), state, env, _script: child }
 }
 
 impl Stack {
@@ -91,9 +93,57 @@ impl Stack {
     pub fn bucket(&self) -> &str {
         &self.env["LMAAS_BUCKET"]
     }
+
+    /// The dev admin API key `make dev` created.
+    pub fn admin_token(&self) -> &str {
+        &self.env["LMAAS_TOKEN"]
+    }
+
+    /// Runs the `lmaas` CLI against the stack's bucket and returns what it printed.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let output = Command::new(root().join("target/debug/lmaas"))
+            .args(args)
+            .envs(self.env.iter().filter(|(k, _)| k.starts_with("AWS_") || k.starts_with("LMAAS_BUCKET")))
+            .output()
+            .expect("running the lmaas CLI");
+        assert!(output.status.success(), "lmaas {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8(output.stdout).expect("UTF-8 output")
+    }
+
+    /// A new API key from `lmaas keys create`.
+    pub fn create_key(&self, tenant: &str, principal: &str, scopes: &str, expires: Option<&str>) -> String {
+        let mut args = vec!["keys", "create", "--tenant", tenant, "--principal", principal, "--scopes", scopes];
+        if let Some(expires) = expires {
+            args.extend(["--expires", expires]);
+        }
+        self.cli(&args).trim().to_string()
+    }
+
+    /// Revokes a key with `lmaas keys revoke <hash prefix>`.
+    pub fn revoke_key(&self, key: &str) {
+        use sha2::Digest;
+        let hash = hex::encode(sha2::Sha256::digest(key.as_bytes()));
+        self.cli(&["keys", "revoke", &hash[..16]]);
+    }
+
+    /// Signs a JWT with one of the dev stack's keys (`rsa` → RS256 "dev-rsa", `ec` → ES256 "dev-ec").
+    pub fn jwt(&self, key: &str, kid: Option<&str>, claims: &Value) -> String {
+        use jsonwebtoken::{Algorithm, EncodingKey, Header};
+        let pem =
+            std::fs::read(Path::new(&self.env["LMAAS_DEV_JWT_KEYS_DIR"]).join(format!("{key}.pem"))).expect("dev key");
+        let (algorithm, encoding) = match key {
+            "rsa" => (Algorithm::RS256, EncodingKey::from_rsa_pem(&pem).expect("RSA key")),
+            _ => (Algorithm::ES256, EncodingKey::from_ec_pem(&pem).expect("EC key")),
+        };
+        let mut header = Header::new(algorithm);
+        header.kid = kid.map(str::to_string);
+        jsonwebtoken::encode(&header, claims, &encoding).expect("signing")
+    }
 }
 
 pub fn client() -> reqwest::Client {
+    // reqwest's TLS needs one rustls crypto provider per process (the workspace uses aws-lc-rs).
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     reqwest::Client::builder().timeout(Duration::from_secs(120)).build().expect("http client")
 }
 

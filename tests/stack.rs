@@ -2,21 +2,33 @@
 //! S3 on the emulator → ONNX Runtime. Outputs are compared with ONNX Runtime's own results for
 //! the same inputs, computed independently in Python when the fixtures were made.
 
+mod auth;
+
 use lmaas_tests::{assert_tensor_matches, client, fixture, stack};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-async fn infer(path: &str, body: &Value) -> (StatusCode, Value) {
-    let response = client().post(format!("{}{path}", stack().url)).json(body).send().await.expect("request");
+/// A request as `token` (none: no Authorization header); the status and the JSON body.
+async fn call(method: reqwest::Method, path: &str, token: Option<&str>, body: Option<&Value>) -> (StatusCode, Value) {
+    let mut request = client().request(method, format!("{}{path}", stack().url));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    if let Some(body) = body {
+        request = request.json(body);
+    }
+    let response = request.send().await.expect("request");
     let status = response.status();
     (status, response.json().await.expect("a JSON body"))
 }
 
+async fn infer(path: &str, body: &Value) -> (StatusCode, Value) {
+    call(reqwest::Method::POST, path, Some(stack().admin_token()), Some(body)).await
+}
+
 async fn get(path: &str) -> (StatusCode, Value) {
-    let response = client().get(format!("{}{path}", stack().url)).send().await.expect("request");
-    let status = response.status();
-    (status, response.json().await.expect("a JSON body"))
+    call(reqwest::Method::GET, path, Some(stack().admin_token()), None).await
 }
 
 async fn assert_fixture(model: &str, fixture_name: &str, tolerance: f64) {
@@ -84,6 +96,7 @@ async fn binary_tensor_data_goes_both_ways() {
     }
     let response = client()
         .post(format!("{}/v2/models/mlp/infer", stack().url))
+        .bearer_auth(stack().admin_token())
         .header("content-type", "application/octet-stream")
         .header("inference-header-content-length", header.len())
         .body(body)
@@ -132,7 +145,20 @@ async fn bad_input_gets_a_clear_client_error() {
         ("shape/data mismatch", "mlp", mlp(json!([2, 4]), json!([1, 2, 3, 4])), 400, "needs 8 elements"),
         ("negative dim", "mlp", mlp(json!([-2, 4]), json!([])), 400, "negative"),
         ("zero dim", "mlp", mlp(json!([0, 4]), json!([])), 400, "is 0"),
-        ("huge dims", "mlp", mlp(json!([9_223_372_036_854_775_807_i64, 4]), json!([])), 400, "elements allowed"),
+        (
+            "huge batch",
+            "mlp",
+            mlp(json!([9_223_372_036_854_775_807_i64, 4]), json!([])),
+            400,
+            "over this model's limit",
+        ),
+        (
+            "dims that overflow",
+            "minilm",
+            json!({"inputs": [{"name": "input_ids", "datatype": "INT64", "shape": [200, 9_223_372_036_854_775_807_i64], "data": []}]}),
+            400,
+            "elements allowed",
+        ),
         ("fixed dim", "mlp", mlp(json!([1, 3]), json!([1, 2, 3])), 400, "dim 1 must be 4"),
         ("missing input", "mlp", json!({"inputs": []}), 400, "missing input 'input'"),
         (
@@ -173,15 +199,16 @@ async fn bad_input_gets_a_clear_client_error() {
 #[tokio::test]
 async fn malformed_json_and_oversized_bodies_are_rejected() {
     let url = format!("{}/v2/models/mlp/infer", stack().url);
-    let response =
-        client().post(&url).header("content-type", "application/json").body("{\"inputs\": [").send().await.unwrap();
+    let token = stack().admin_token();
+    let request = client().post(&url).bearer_auth(token).header("content-type", "application/json");
+    let response = request.body("{\"inputs\": [").send().await.unwrap();
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
     let body: Value = response.json().await.unwrap();
     assert!(body["error"].as_str().unwrap().contains("not a valid V2 infer request"), "{body}");
 
     let huge = vec![b' '; 6 * 1024 * 1024 + 1];
-    let response =
-        client().post(&url).header("content-type", "application/octet-stream").body(huge).send().await.unwrap();
+    let request = client().post(&url).bearer_auth(token).header("content-type", "application/octet-stream");
+    let response = request.body(huge).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
 }
 
@@ -199,6 +226,7 @@ async fn a_binary_header_length_that_lies_is_rejected() {
     for (body, length, message) in cases {
         let response = client()
             .post(&url)
+            .bearer_auth(stack().admin_token())
             .header("content-type", "application/octet-stream")
             .header("inference-header-content-length", length)
             .body(body)
@@ -222,6 +250,18 @@ async fn a_token_id_outside_the_vocabulary_is_a_client_error_not_a_crash() {
 
 /// Writes a version straight into S3 (as the registry will), with the given files.
 async fn put_version(model: &str, version: u32, state: &str, files: &[(&str, &[u8], Option<&str>)]) {
+    put_owned_version(model, version, state, files, None, json!({})).await
+}
+
+/// Like `put_version`, with an owner tenant and an ACL.
+async fn put_owned_version(
+    model: &str,
+    version: u32,
+    state: &str,
+    files: &[(&str, &[u8], Option<&str>)],
+    tenant: Option<&str>,
+    acl: Value,
+) {
     let stack = stack();
     let s3 = stack.s3().await;
     let mut entries = serde_json::Map::new();
@@ -240,7 +280,7 @@ async fn put_version(model: &str, version: u32, state: &str, files: &[(&str, &[u
         "name": model, "version": version, "state": state, "task": "tensor", "files": entries,
         "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 4]}],
         "outputs": [{"name": "output", "datatype": "FP32", "shape": [-1, 3]}],
-        "created_at": "2026-11-28T00:00:00Z"
+        "created_at": "2026-11-28T00:00:00Z", "tenant": tenant, "acl": acl
     });
     s3.put_object()
         .bucket(stack.bucket())
@@ -249,6 +289,15 @@ async fn put_version(model: &str, version: u32, state: &str, files: &[(&str, &[u
         .send()
         .await
         .unwrap();
+    if state == "ready" {
+        s3.put_object()
+            .bucket(stack.bucket())
+            .key(format!("models/{model}/aliases/latest.json"))
+            .body(serde_json::to_vec(&json!({"version": version})).unwrap().into())
+            .send()
+            .await
+            .unwrap();
+    }
 }
 
 #[tokio::test]

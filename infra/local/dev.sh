@@ -8,8 +8,15 @@
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$root"
-watch_parent=""
-[ "${1:-}" = "--watch-parent" ] && watch_parent="$2"
+watch_parent=""   # --watch-parent PID: stop when that process exits (tests, benches)
+emulator_only=""  # --emulator-only: S3/SQS with the seeded models, no functions (benches)
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --watch-parent) watch_parent="$2"; shift 2 ;;
+    --emulator-only) emulator_only=1; shift ;;
+    *) echo "usage: dev.sh [--watch-parent PID] [--emulator-only]" >&2; exit 2 ;;
+  esac
+done
 
 port="${LMAAS_DEV_PORT:-9000}"
 emulator_port="${LMAAS_EMULATOR_PORT:-5000}"
@@ -62,41 +69,60 @@ log "seeding sample models into s3://$bucket"
   --model "dtypes=.lmaas/samples/dtypes:1:tensor" \
   --model "minilm=.lmaas/samples/minilm:1:embeddings" >&2
 
-# Plain KEY=value lines: both `source` and dotenv parsers read them.
+
+log "building the functions and the CLI"
+cargo build --workspace --bins >&2
+log "creating the dev admin API key and JWT signing keys"
+token="$(target/debug/lmaas --bucket "$bucket" keys create --tenant dev --principal dev-admin --scopes admin)"
+jwks="$("$venv/bin/python" infra/local/dev_keys.py "$state/jwt")"
+
+# Plain KEY=value lines: both `source` and dotenv parsers read them (the JWKS is single-quoted).
 mkdir -p "$(dirname "$env_file")"
 cat > "$env_file.tmp" <<ENV
 LMAAS_URL=http://127.0.0.1:$port
-LMAAS_TOKEN=
+LMAAS_TOKEN=$token
 AWS_ENDPOINT_URL=$AWS_ENDPOINT_URL
 AWS_REGION=$AWS_REGION
 AWS_ACCESS_KEY_ID=$AWS_ACCESS_KEY_ID
 AWS_SECRET_ACCESS_KEY=$AWS_SECRET_ACCESS_KEY
 LMAAS_BUCKET=$bucket
 LMAAS_JOBS_QUEUE_URL=$queue_url
+LMAAS_JWKS='$jwks'
+LMAAS_JWT_ISSUER=lmaas-dev
+LMAAS_JWT_AUDIENCE=lmaas
+LMAAS_DEV_JWT_KEYS_DIR=$state/jwt
 LMAAS_MODEL_CACHE_DIR=$state/model-cache
 LMAAS_EXECUTION_PROVIDERS=${LMAAS_EXECUTION_PROVIDERS:-cpu}
+LMAAS_PRELOAD=mlp,minilm
 LMAAS_LOG_FORMAT=text
 ORT_DYLIB_PATH=$root/.lmaas/ort/libonnxruntime.so.1.31.1
 ENV
+chmod 600 "$env_file.tmp"
 mv "$env_file.tmp" "$env_file"
 
-log "building the functions"
-cargo build --workspace --bins >&2
+if [ -n "$emulator_only" ]; then
+  echo "lmaas dev stack ready: emulator only on $AWS_ENDPOINT_URL (env: $env_file)"
+  if [ -n "$watch_parent" ]; then while kill -0 "$watch_parent" 2>/dev/null; do sleep 1; done; else wait -n; fi
+  exit 0
+fi
+
 log "starting cargo lambda watch on 127.0.0.1:$port"
-cargo lambda watch -A 127.0.0.1 -P "$port" --ignore-changes --env-file "$env_file" > "$state/watch.log" 2>&1 &
+# --timeout: a queued request waits for the one ahead (a first load of minilm takes seconds).
+cargo lambda watch -A 127.0.0.1 -P "$port" --ignore-changes --timeout 60 --env-file "$env_file" > "$state/watch.log" 2>&1 &
 pids+=($!)
 wait_for "http://127.0.0.1:$port/v2/health/live" 300 "cargo lambda watch"
 # Warm both functions so the first real request does not pay their start.
-curl -s -o /dev/null -X POST -H 'content-type: application/json' \
+curl -s -o /dev/null -X POST -H 'content-type: application/json' -H "authorization: Bearer $token" \
   -d @samples/requests/mlp.json "http://127.0.0.1:$port/v2/models/mlp/infer" 2>/dev/null || true
 
 cat <<MSG
 lmaas dev stack ready on http://127.0.0.1:$port  (env: $env_file, logs: $state/*.log)
-  curl -s -X POST http://127.0.0.1:$port/v2/models/mlp/infer -H 'content-type: application/json' \\
+  # the dev admin API key is LMAAS_TOKEN in $env_file
+  curl -s -X POST http://127.0.0.1:$port/v2/models/mlp/infer -H "authorization: Bearer $token" -H 'content-type: application/json' \\
     -d '{"inputs":[{"name":"input","datatype":"FP32","shape":[1,4],"data":[1,2,3,4]}]}'
-  curl -s -X POST http://127.0.0.1:$port/v2/models/minilm/infer -H 'content-type: application/json' \\
+  curl -s -X POST http://127.0.0.1:$port/v2/models/minilm/infer -H "authorization: Bearer $token" -H 'content-type: application/json' \\
     -d @samples/requests/minilm.json
-  curl -s http://127.0.0.1:$port/v2/models/minilm
+  curl -s http://127.0.0.1:$port/v2/models/minilm -H "authorization: Bearer $token"
 MSG
 if [ -n "$watch_parent" ]; then
   while kill -0 "$watch_parent" 2>/dev/null; do sleep 1; done

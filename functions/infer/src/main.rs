@@ -8,7 +8,7 @@ use lmaas_api::{InferConfig, InferService};
 async fn main() -> Result<(), lambda_http::Error> {
     lmaas_api::telemetry::init();
     let config = InferConfig::from_env()?;
-    let service = Arc::new(InferService::from_env(config).await);
+    let service = Arc::new(InferService::from_env(config).await?);
     service.preload().await;
     lmaas_api::lambda::serve(move |request| {
         let service = service.clone();

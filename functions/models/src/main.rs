@@ -8,7 +8,7 @@ use lmaas_api::{ModelsConfig, ModelsService};
 async fn main() -> Result<(), lambda_http::Error> {
     lmaas_api::telemetry::init();
     let config = ModelsConfig::from_env()?;
-    let service = Arc::new(ModelsService::from_env(config).await);
+    let service = Arc::new(ModelsService::from_env(config).await?);
     lmaas_api::lambda::serve(move |request| {
         let service = service.clone();
         async move { service.handle(request).await }

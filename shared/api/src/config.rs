@@ -12,10 +12,74 @@ use lmaas_engine::{CacheConfig, ExecutionProviders};
 #[error("configuration: {0}")]
 pub struct ConfigError(String);
 
+impl ConfigError {
+    pub fn new(message: impl Into<String>) -> Self {
+        ConfigError(message.into())
+    }
+}
+
+/// How callers are authenticated; shared by every function and the authorizer.
+#[derive(Clone)]
+pub struct AuthConfig {
+    /// JWT verification, when a JWKS is configured; without one only API keys are accepted.
+    pub jwks: Option<JwtConfig>,
+    /// How long an API key record is trusted before it is read again (revocation delay).
+    pub key_ttl: Duration,
+}
+
+#[derive(Clone)]
+pub struct JwtConfig {
+    pub source: JwksSource,
+    pub issuer: String,
+    pub audience: String,
+}
+
+#[derive(Clone)]
+pub enum JwksSource {
+    Inline(String),
+    Url(String),
+}
+
+// Key material is public, but a JWKS is long: keep config logs readable.
+impl std::fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let jwks = self.jwks.as_ref().map(|j| match &j.source {
+            JwksSource::Inline(_) => format!("inline JWKS, iss={}, aud={}", j.issuer, j.audience),
+            JwksSource::Url(url) => format!("JWKS from {url}, iss={}, aud={}", j.issuer, j.audience),
+        });
+        f.debug_struct("AuthConfig").field("jwks", &jwks).field("key_ttl", &self.key_ttl).finish()
+    }
+}
+
+impl AuthConfig {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    pub fn from_lookup(env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let source = match (optional(&env, "LMAAS_JWKS"), optional(&env, "LMAAS_JWKS_URL")) {
+            (Some(_), Some(_)) => return Err(ConfigError::new("set LMAAS_JWKS or LMAAS_JWKS_URL, not both")),
+            (Some(json), None) => Some(JwksSource::Inline(json)),
+            (None, Some(url)) => Some(JwksSource::Url(url)),
+            (None, None) => None,
+        };
+        let jwks = match source {
+            None => None,
+            Some(source) => Some(JwtConfig {
+                source,
+                issuer: required(&env, "LMAAS_JWT_ISSUER")?,
+                audience: required(&env, "LMAAS_JWT_AUDIENCE")?,
+            }),
+        };
+        Ok(AuthConfig { jwks, key_ttl: Duration::from_secs(parsed(&env, "LMAAS_KEY_CACHE_SECONDS")?.unwrap_or(30)) })
+    }
+}
+
 /// The infer function's configuration.
 #[derive(Debug, Clone)]
 pub struct InferConfig {
     pub bucket: String,
+    pub auth: AuthConfig,
     pub cache: CacheConfig,
     /// Models to load during INIT (`LMAAS_PRELOAD`, comma-separated references).
     pub preload: Vec<ModelRef>,
@@ -27,6 +91,7 @@ pub struct InferConfig {
 #[derive(Debug, Clone)]
 pub struct ModelsConfig {
     pub bucket: String,
+    pub auth: AuthConfig,
     pub providers: ExecutionProviders,
     pub alias_ttl: Duration,
 }
@@ -46,6 +111,7 @@ impl InferConfig {
             .collect::<Result<_, _>>()?;
         Ok(InferConfig {
             bucket: required(&env, "LMAAS_BUCKET")?,
+            auth: AuthConfig::from_lookup(&env)?,
             cache: CacheConfig {
                 dir: PathBuf::from(optional(&env, "LMAAS_MODEL_CACHE_DIR").unwrap_or_else(|| "/tmp/lmaas".into())),
                 max_bytes: parsed(&env, "LMAAS_MODEL_CACHE_BYTES")?.unwrap_or(1 << 30),
@@ -66,6 +132,7 @@ impl ModelsConfig {
     pub fn from_lookup(env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         Ok(ModelsConfig {
             bucket: required(&env, "LMAAS_BUCKET")?,
+            auth: AuthConfig::from_lookup(&env)?,
             providers: providers(&env)?,
             alias_ttl: alias_ttl(&env)?,
         })
@@ -116,6 +183,15 @@ mod tests {
         let err = InferConfig::from_lookup(lookup(&[])).unwrap_err();
         assert_eq!(err.to_string(), "configuration: LMAAS_BUCKET must be set");
         assert!(ModelsConfig::from_lookup(lookup(&[])).unwrap_err().to_string().contains("LMAAS_BUCKET"));
+    }
+
+    #[test]
+    fn a_jwks_requires_issuer_and_audience() {
+        let err = AuthConfig::from_lookup(lookup(&[("LMAAS_JWKS", "{}")])).unwrap_err();
+        assert!(err.to_string().contains("LMAAS_JWT_ISSUER"));
+        let err = AuthConfig::from_lookup(lookup(&[("LMAAS_JWKS", "{}"), ("LMAAS_JWT_ISSUER", "i")])).unwrap_err();
+        assert!(err.to_string().contains("LMAAS_JWT_AUDIENCE"));
+        assert!(AuthConfig::from_lookup(lookup(&[])).unwrap().jwks.is_none());
     }
 
     #[test]

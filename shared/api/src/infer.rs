@@ -4,18 +4,21 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{header, Request, Response, StatusCode};
-use lmaas_aws::S3ModelStore;
+use lmaas_aws::{S3KeyStore, S3ModelStore};
+use lmaas_core::acl::authorize;
+use lmaas_core::auth::Authenticator;
 use lmaas_core::v2::{encode_response, InferRequest, HEADER_LENGTH};
 use lmaas_core::{Error, Limits, ModelRef, ModelResolver, ModelStore};
 use lmaas_engine::ModelCache;
 use serde_json::{Map, Value};
 
-use crate::response::v2_error;
+use crate::context::{serve, Call};
 use crate::routes::Route;
-use crate::InferConfig;
+use crate::{ConfigError, InferConfig};
 
-/// Resolves the model, validates the request against it, runs it, and encodes the answer.
+/// Authorizes, resolves the model, validates the request against it, runs it, encodes the answer.
 pub struct InferService {
+    authenticator: Authenticator,
     resolver: ModelResolver,
     cache: ModelCache,
     limits: Limits,
@@ -23,8 +26,9 @@ pub struct InferService {
 }
 
 impl InferService {
-    pub fn new(store: Arc<dyn ModelStore>, config: InferConfig) -> Self {
+    pub fn new(store: Arc<dyn ModelStore>, authenticator: Authenticator, config: InferConfig) -> Self {
         InferService {
+            authenticator,
             resolver: ModelResolver::new(store.clone(), config.alias_ttl),
             cache: ModelCache::new(store, config.cache),
             limits: config.limits,
@@ -33,10 +37,13 @@ impl InferService {
     }
 
     /// The service over S3, with clients built from the environment.
-    pub async fn from_env(config: InferConfig) -> Self {
+    pub async fn from_env(config: InferConfig) -> Result<Self, ConfigError> {
         let sdk = lmaas_aws::sdk_config().await;
-        let store = S3ModelStore::new(lmaas_aws::config::s3_client(&sdk), config.bucket.clone());
-        InferService::new(Arc::new(store), config)
+        let s3 = lmaas_aws::config::s3_client(&sdk);
+        let keys = Arc::new(S3KeyStore::new(s3.clone(), config.bucket.clone()));
+        let authenticator = crate::auth::authenticator(&config.auth, keys).await?;
+        let store = S3ModelStore::new(s3, config.bucket.clone());
+        Ok(InferService::new(Arc::new(store), authenticator, config))
     }
 
     /// Loads the `LMAAS_PRELOAD` models (during INIT, so the first request is warm). A model that
@@ -55,24 +62,28 @@ impl InferService {
     }
 
     pub async fn handle(&self, request: Request<Bytes>) -> Response<Bytes> {
-        let path = request.uri().path().to_string();
-        let result = match Route::parse(request.method(), &path) {
-            Ok(Route::Infer(model)) => self.infer(&model, request).await,
-            Ok(_) => Err(Error::not_found(format!("{path} is not served by the infer function"))),
-            Err(e) => Err(e),
-        };
-        result.unwrap_or_else(|e| v2_error(&path, e))
+        serve(&self.authenticator, request, |call| async move {
+            match &call.route {
+                Route::Infer(model) => self.infer(model, &call).await,
+                _ => {
+                    Err(Error::not_found(format!("{} is not served by the infer function", call.request.uri().path())))
+                }
+            }
+        })
+        .await
     }
 
-    async fn infer(&self, model: &ModelRef, request: Request<Bytes>) -> Result<Response<Bytes>, Error> {
+    async fn infer(&self, model: &ModelRef, call: &Call) -> Result<Response<Bytes>, Error> {
         let manifest = self.resolver.resolve(model).await?;
-        let header_length = match request.headers().get(HEADER_LENGTH) {
+        authorize(call.principal()?, &manifest, call.route.access())?;
+        let header_length = match call.request.headers().get(HEADER_LENGTH) {
             None => None,
             Some(value) => {
                 Some(value.to_str().map_err(|_| Error::bad_request("Inference-Header-Content-Length is not text"))?)
             }
         };
-        let parsed = InferRequest::parse(request.body(), header_length, &manifest, &self.limits)?;
+        let limits = self.limits.for_model(&manifest.config);
+        let parsed = InferRequest::parse(call.request.body(), header_length, &manifest, &limits)?;
         let loaded = self.cache.get(&manifest).await?;
         let names: Vec<String> = parsed.outputs.iter().map(|o| o.name.clone()).collect();
         let run_model = loaded.clone();

@@ -2,7 +2,10 @@
 //! `http::Request<Bytes>` into an `http::Response<Bytes>`. `lambda` adapts services to Lambda;
 //! benchmarks and tests call them in process.
 
+pub mod auth;
+pub mod authorizer;
 pub mod config;
+pub mod context;
 pub mod infer;
 pub mod lambda;
 pub mod models;
@@ -10,6 +13,6 @@ pub mod response;
 pub mod routes;
 pub mod telemetry;
 
-pub use config::{ConfigError, InferConfig, ModelsConfig};
+pub use config::{AuthConfig, ConfigError, InferConfig, ModelsConfig};
 pub use infer::InferService;
 pub use models::ModelsService;

@@ -5,47 +5,50 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use lmaas_aws::S3ModelStore;
+use lmaas_aws::{S3KeyStore, S3ModelStore};
+use lmaas_core::acl::authorize;
+use lmaas_core::auth::Authenticator;
 use lmaas_core::v2::model_metadata;
 use lmaas_core::{Error, ModelResolver, ModelStore};
 use lmaas_engine::{ExecutionProvider, ExecutionProviders, Runtime};
 use serde_json::{json, Map, Value};
 
-use crate::response::{json, v2_error};
+use crate::context::{serve, Call};
+use crate::response::json;
 use crate::routes::Route;
-use crate::ModelsConfig;
+use crate::{ConfigError, ModelsConfig};
 
 /// Answers the read-only V2 routes.
 pub struct ModelsService {
+    authenticator: Authenticator,
     resolver: ModelResolver,
     execution_provider: &'static str,
 }
 
 impl ModelsService {
-    pub fn new(store: Arc<dyn ModelStore>, config: &ModelsConfig) -> Self {
+    pub fn new(store: Arc<dyn ModelStore>, authenticator: Authenticator, config: &ModelsConfig) -> Self {
         ModelsService {
+            authenticator,
             resolver: ModelResolver::new(store, config.alias_ttl),
             execution_provider: serving_provider(&config.providers),
         }
     }
 
-    pub async fn from_env(config: ModelsConfig) -> Self {
+    pub async fn from_env(config: ModelsConfig) -> Result<Self, ConfigError> {
         let sdk = lmaas_aws::sdk_config().await;
-        let store = S3ModelStore::new(lmaas_aws::config::s3_client(&sdk), config.bucket.clone());
-        ModelsService::new(Arc::new(store), &config)
+        let s3 = lmaas_aws::config::s3_client(&sdk);
+        let keys = Arc::new(S3KeyStore::new(s3.clone(), config.bucket.clone()));
+        let authenticator = crate::auth::authenticator(&config.auth, keys).await?;
+        let store = S3ModelStore::new(s3, config.bucket.clone());
+        Ok(ModelsService::new(Arc::new(store), authenticator, &config))
     }
 
     pub async fn handle(&self, request: Request<Bytes>) -> Response<Bytes> {
-        let path = request.uri().path().to_string();
-        let result = match Route::parse(request.method(), &path) {
-            Ok(route) => self.answer(route).await,
-            Err(e) => Err(e),
-        };
-        result.unwrap_or_else(|e| v2_error(&path, e))
+        serve(&self.authenticator, request, |call| self.answer(call)).await
     }
 
-    async fn answer(&self, route: Route) -> Result<Response<Bytes>, Error> {
-        match route {
+    async fn answer(&self, call: Call) -> Result<Response<Bytes>, Error> {
+        match &call.route {
             Route::ServerMetadata => Ok(json(
                 StatusCode::OK,
                 &json!({"name": "lmaas", "version": env!("CARGO_PKG_VERSION"), "extensions": ["binary_tensor_data"]}),
@@ -62,7 +65,8 @@ impl ModelsService {
                 }
             },
             Route::ModelMetadata(model) => {
-                let manifest = self.resolver.resolve(&model).await?;
+                let manifest = self.resolver.resolve(model).await?;
+                authorize(call.principal()?, &manifest, call.route.access())?;
                 let mut parameters = Map::new();
                 parameters.insert("execution_provider".into(), Value::from(self.execution_provider));
                 parameters.insert("task".into(), serde_json::to_value(manifest.task).expect("task serializes"));
@@ -70,7 +74,8 @@ impl ModelsService {
                 Ok(json(StatusCode::OK, &model_metadata(&manifest, parameters)))
             }
             Route::ModelReady(model) => {
-                let manifest = self.resolver.resolve(&model).await?;
+                let manifest = self.resolver.resolve(model).await?;
+                authorize(call.principal()?, &manifest, call.route.access())?;
                 Ok(json(
                     StatusCode::OK,
                     &json!({"name": manifest.name, "version": manifest.version.to_string(), "ready": true}),

@@ -17,7 +17,9 @@ pub fn json(status: StatusCode, body: &Value) -> Response<Bytes> {
 /// The status for each class of domain error.
 pub fn status_of(error: &Error) -> StatusCode {
     match error {
-        Error::BadRequest(_) => StatusCode::BAD_REQUEST,
+        Error::BadRequest(_) | Error::InputRejected(_) => StatusCode::BAD_REQUEST,
+        Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+        Error::Forbidden(_) => StatusCode::FORBIDDEN,
         Error::NotFound(_) => StatusCode::NOT_FOUND,
         Error::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
         Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -38,10 +40,22 @@ pub fn v2_error(route: &str, error: Error) -> Response<Bytes> {
             tracing::error!(route, status = status.as_u16(), error = %m, "request failed");
             m.clone()
         }
+        Error::InputRejected(m) => {
+            tracing::warn!(
+                route,
+                status = status.as_u16(),
+                "request rejected: ONNX Runtime refused the input (reason sent to the client)"
+            );
+            m.clone()
+        }
         other => {
             tracing::warn!(route, status = status.as_u16(), error = %other, "request rejected");
             other.to_string()
         }
     };
-    json(status, &json!({ "error": message }))
+    let mut response = json(status, &json!({ "error": message }));
+    if status == StatusCode::UNAUTHORIZED {
+        response.headers_mut().insert(header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"));
+    }
+    response
 }

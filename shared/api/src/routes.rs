@@ -2,7 +2,8 @@
 //! API Gateway, `cargo lambda watch` and in process. Each function serves a subset.
 
 use http::Method;
-use lmaas_core::{Error, ModelRef};
+use lmaas_core::acl::Access;
+use lmaas_core::{Error, ModelRef, Scope};
 
 /// A request's route, with its model reference parsed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,6 +43,25 @@ impl Route {
             return Err(Error::bad_request(format!("{path} takes {allowed}, not {method}")));
         }
         Ok(route)
+    }
+}
+
+impl Route {
+    /// The scope a caller needs; `None` for the open routes (server metadata and health).
+    pub fn required_scope(&self) -> Option<Scope> {
+        match self {
+            Route::ServerMetadata | Route::HealthLive | Route::HealthReady => None,
+            Route::ModelMetadata(_) | Route::ModelReady(_) => Some(Scope::ModelsRead),
+            Route::Infer(_) => Some(Scope::Infer),
+        }
+    }
+
+    /// What the route does with its model, for the model's ACL.
+    pub fn access(&self) -> Access {
+        match self {
+            Route::Infer(_) => Access::Invoke,
+            _ => Access::Read,
+        }
     }
 }
 
@@ -88,6 +108,14 @@ mod tests {
             route(Method::GET, "/v2/models/mlp").unwrap(),
             Route::ModelMetadata(ModelRef::parse("mlp").unwrap())
         );
+    }
+
+    #[test]
+    fn health_is_open_and_every_model_route_needs_a_scope() {
+        assert_eq!(route(Method::GET, "/v2/health/live").unwrap().required_scope(), None);
+        assert_eq!(route(Method::GET, "/v2/models/m").unwrap().required_scope(), Some(Scope::ModelsRead));
+        assert_eq!(route(Method::GET, "/v2/models/m/ready").unwrap().required_scope(), Some(Scope::ModelsRead));
+        assert_eq!(route(Method::POST, "/v2/models/m/infer").unwrap().required_scope(), Some(Scope::Infer));
     }
 
     #[test]

@@ -1,10 +1,12 @@
 //! Logging: JSON lines in Lambda (CloudWatch parses them), readable lines elsewhere, levels from
-//! `RUST_LOG` (default info). `LMAAS_LOG_FORMAT=text|json` overrides the choice.
+//! `RUST_LOG` (default info). `LMAAS_LOG_FORMAT=text|json` overrides the choice. ONNX Runtime's
+//! own log is off by default: its run errors quote input values, and every failure it reports
+//! reaches our logs through the engine's errors anyway (`RUST_LOG=ort=warn` brings it back).
 
 use tracing_subscriber::EnvFilter;
 
 pub fn init() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,ort=warn"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,ort=off"));
     let in_lambda = std::env::var_os("AWS_LAMBDA_FUNCTION_NAME").is_some();
     let json = match std::env::var("LMAAS_LOG_FORMAT").as_deref() {
         Ok("json") => true,

@@ -2,7 +2,9 @@
 //! emulator; only `AWS_ENDPOINT_URL` differs.
 
 pub mod config;
+pub mod keys;
 pub mod s3;
 
 pub use config::sdk_config;
+pub use keys::S3KeyStore;
 pub use s3::S3ModelStore;

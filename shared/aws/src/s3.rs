@@ -23,6 +23,19 @@ struct AliasRecord {
     version: Version,
 }
 
+/// The object's bytes, or `None` if there is no such key.
+pub(crate) async fn get_bytes(client: &Client, bucket: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+    match client.get_object().bucket(bucket).key(key).send().await {
+        Ok(object) => {
+            let body =
+                object.body.collect().await.map_err(|e| StoreError(format!("reading s3://{bucket}/{key}: {e}")))?;
+            Ok(Some(body.into_bytes().to_vec()))
+        }
+        Err(SdkError::ServiceError(e)) if matches!(e.err(), GetObjectError::NoSuchKey(_)) => Ok(None),
+        Err(e) => Err(StoreError(format!("getting s3://{bucket}/{key}: {}", DisplayErrorContext(&e)))),
+    }
+}
+
 impl S3ModelStore {
     pub fn new(client: Client, bucket: impl Into<String>) -> Self {
         S3ModelStore { client, bucket: bucket.into() }
@@ -39,29 +52,13 @@ impl S3ModelStore {
     pub fn alias_key(name: &ModelName, alias: &AliasName) -> String {
         format!("models/{name}/aliases/{}.json", alias.as_str())
     }
-
-    /// The object's bytes, or `None` if there is no such key.
-    async fn get_json_bytes(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        match self.client.get_object().bucket(&self.bucket).key(key).send().await {
-            Ok(object) => {
-                let body = object
-                    .body
-                    .collect()
-                    .await
-                    .map_err(|e| StoreError(format!("reading s3://{}/{key}: {e}", self.bucket)))?;
-                Ok(Some(body.into_bytes().to_vec()))
-            }
-            Err(SdkError::ServiceError(e)) if matches!(e.err(), GetObjectError::NoSuchKey(_)) => Ok(None),
-            Err(e) => Err(StoreError(format!("getting s3://{}/{key}: {}", self.bucket, DisplayErrorContext(&e)))),
-        }
-    }
 }
 
 #[async_trait]
 impl ModelStore for S3ModelStore {
     async fn manifest(&self, name: &ModelName, version: Version) -> Result<Option<Manifest>, StoreError> {
         let key = Self::manifest_key(name, version);
-        let Some(bytes) = self.get_json_bytes(&key).await? else { return Ok(None) };
+        let Some(bytes) = get_bytes(&self.client, &self.bucket, &key).await? else { return Ok(None) };
         serde_json::from_slice(&bytes)
             .map(Some)
             .map_err(|e| StoreError(format!("s3://{}/{key} is not a valid manifest: {e}", self.bucket)))
@@ -69,7 +66,7 @@ impl ModelStore for S3ModelStore {
 
     async fn alias(&self, name: &ModelName, alias: &AliasName) -> Result<Option<Version>, StoreError> {
         let key = Self::alias_key(name, alias);
-        let Some(bytes) = self.get_json_bytes(&key).await? else { return Ok(None) };
+        let Some(bytes) = get_bytes(&self.client, &self.bucket, &key).await? else { return Ok(None) };
         let record: AliasRecord = serde_json::from_slice(&bytes)
             .map_err(|e| StoreError(format!("s3://{}/{key} is not a valid alias record: {e}", self.bucket)))?;
         Ok(Some(record.version))

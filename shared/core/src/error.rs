@@ -8,6 +8,16 @@ pub enum Error {
     /// The request is malformed or does not fit the model (400).
     #[error("{0}")]
     BadRequest(String),
+    /// The model itself refused input that passed validation (400). The message can quote input
+    /// values, so it goes to the client but not to the logs.
+    #[error("{0}")]
+    InputRejected(String),
+    /// No credentials, or credentials that are not valid (401, with `WWW-Authenticate: Bearer`).
+    #[error("{0}")]
+    Unauthorized(String),
+    /// Valid credentials that do not allow this (403).
+    #[error("{0}")]
+    Forbidden(String),
     /// The model, version or route does not exist, or is not servable (404).
     #[error("{0}")]
     NotFound(String),

@@ -2,7 +2,10 @@
 //! Inference Protocol (KServe V2) wire format, errors, and the ports that adapters implement.
 //! Nothing here talks to AWS or ONNX Runtime, so all of it is unit-tested without either.
 
+pub mod acl;
+pub mod auth;
 pub mod error;
+pub mod jwt;
 pub mod limits;
 pub mod manifest;
 pub mod names;
@@ -11,6 +14,7 @@ pub mod store;
 pub mod tensor;
 pub mod v2;
 
+pub use auth::{Principal, Scope};
 pub use error::Error;
 pub use limits::Limits;
 pub use manifest::{Manifest, ModelState, TensorSpec};

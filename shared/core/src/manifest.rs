@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::acl::Acl;
 use crate::{DataType, ModelName, Version};
 
 /// Where a version is in its life. Only `Ready` versions are ever served.
@@ -52,10 +53,13 @@ pub struct Manifest {
     pub inputs: Vec<TensorSpec>,
     pub outputs: Vec<TensorSpec>,
     pub created_at: String,
+    /// The tenant that owns the model; its principals may use it (with the right scopes).
+    #[serde(default)]
+    pub tenant: Option<String>,
     #[serde(default)]
     pub config: serde_json::Value,
     #[serde(default)]
-    pub acl: serde_json::Value,
+    pub acl: Acl,
 }
 
 fn default_platform() -> String {

@@ -90,8 +90,9 @@ pub(crate) mod tests {
             inputs: vec![TensorSpec { name: "input".into(), datatype: DataType::Fp32, shape: vec![-1, 4] }],
             outputs: vec![TensorSpec { name: "output".into(), datatype: DataType::Fp32, shape: vec![-1, 3] }],
             created_at: "2026-11-28T00:00:00Z".into(),
+            tenant: None,
             config: serde_json::Value::Null,
-            acl: serde_json::Value::Null,
+            acl: Default::default(),
         }
     }
 

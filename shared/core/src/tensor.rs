@@ -200,7 +200,8 @@ fn push_element(datatype: DataType, value: &Value, out: &mut Vec<u8>) -> Result<
                 .map(i128::from)
                 .or_else(|| value.as_u64().map(i128::from))
                 .ok_or_else(|| format!("expected an integer, got {}", kind_of(value)))?;
-            let v = <$ty>::try_from(n).map_err(|_| format!("{n} is out of range for {}", datatype))?;
+            // The value itself stays out of the message: messages are logged, payloads never are.
+            let v = <$ty>::try_from(n).map_err(|_| format!("out of range for {}", datatype))?;
             out.extend_from_slice(&v.to_le_bytes());
         }};
     }

@@ -218,6 +218,12 @@ fn parse_shape(name: &str, raw: &[Value], spec: &TensorSpec, limits: &Limits) ->
                     )))
                 }
             };
+            if axis == 0 && expected < 0 && dim as u64 > limits.max_batch_size as u64 {
+                return Err(Error::bad_request(format!(
+                    "input '{name}': batch size {dim} is over this model's limit of {}",
+                    limits.max_batch_size
+                )));
+            }
             if expected >= 0 && dim != expected {
                 return Err(Error::bad_request(format!(
                     "input '{name}': dim {axis} must be {expected} (shape {}), got {dim}",
@@ -475,7 +481,8 @@ mod tests {
         assert!(bad(input(json!([-1, 4]), json!([]))).contains("negative"));
         assert!(bad(input(json!([0, 4]), json!([]))).contains("is 0"));
         assert!(bad(input(json!([1.5, 4]), json!([]))).contains("positive integer"));
-        assert!(bad(input(json!([i64::MAX, 4]), json!([]))).contains("elements allowed"));
+        assert!(bad(input(json!([i64::MAX, 4]), json!([]))).contains("over this model's limit"));
+        assert!(bad(input(json!([257, 4]), json!([]))).contains("batch size 257"));
         assert!(bad(input(json!([u64::MAX, 4]), json!([]))).contains("positive integer"));
     }
 

@@ -98,8 +98,8 @@ impl ModelCache {
         let folder = self.config.dir.join(key);
         let started = Instant::now();
         self.fetch_files(manifest, &folder).await.map_err(|e| {
-            tracing::error!(model = %label, error = %e, "fetching model files failed");
-            Error::Unavailable(format!("model '{label}' could not be fetched: {e}"))
+            tracing::error!(model = %label, error = %e.detail, "fetching model files failed");
+            Error::Unavailable(format!("model '{label}' could not be fetched: {}", e.reason))
         })?;
         let fetched = started.elapsed();
         let model_file = folder.join(lmaas_core::manifest::MODEL_FILE);
@@ -129,14 +129,15 @@ impl ModelCache {
 
     /// Makes every file of the version present in `folder`, verified against the manifest. A file
     /// already there was verified before it was renamed into place, so it is reused as is.
-    async fn fetch_files(&self, manifest: &Manifest, folder: &Path) -> Result<(), String> {
-        tokio::fs::create_dir_all(folder).await.map_err(|e| format!("creating the cache folder: {e}"))?;
+    async fn fetch_files(&self, manifest: &Manifest, folder: &Path) -> Result<(), FetchError> {
+        let internal = |detail: String| FetchError { reason: "the model store or local disk failed".into(), detail };
+        tokio::fs::create_dir_all(folder).await.map_err(|e| internal(format!("creating the cache folder: {e}")))?;
         if manifest.model_file().is_none() {
-            return Err("the version has no model.onnx".into());
+            return Err(FetchError::user("the version has no model.onnx".into()));
         }
         for (file, entry) in &manifest.files {
             if file.is_empty() || file.contains(['/', '\\']) || file.starts_with('.') {
-                return Err(format!("file name '{file}' is not allowed"));
+                return Err(FetchError::user(format!("file name '{file}' is not allowed")));
             }
             let path = folder.join(file);
             if tokio::fs::metadata(&path).await.is_ok_and(|m| m.len() == entry.size) {
@@ -146,14 +147,16 @@ impl ModelCache {
             let partial = folder.join(format!(".{file}.{}.{}.part", std::process::id(), unique()));
             let downloaded = self.store.download(&manifest.name, manifest.version, file, &partial).await;
             let verified = match downloaded {
-                Ok(()) => verify(&partial, entry.size, &entry.sha256).await,
-                Err(e) => Err(format!("downloading {file}: {e}")),
+                Ok(()) => verify(&partial, file, entry.size, &entry.sha256).await,
+                Err(e) => Err(internal(format!("downloading {file}: {e}"))),
             };
             if let Err(e) = verified {
                 let _ = tokio::fs::remove_file(&partial).await;
                 return Err(e);
             }
-            tokio::fs::rename(&partial, &path).await.map_err(|e| format!("renaming {file} into place: {e}"))?;
+            tokio::fs::rename(&partial, &path)
+                .await
+                .map_err(|e| internal(format!("renaming {file} into place: {e}")))?;
             tracing::info!(file, bytes = entry.size, "model file downloaded and verified");
         }
         Ok(())
@@ -173,13 +176,30 @@ fn cache_key(manifest: &Manifest) -> String {
     hex::encode(hasher.finalize())
 }
 
-async fn verify(path: &Path, size: u64, sha256: &str) -> Result<(), String> {
-    let mut file = tokio::fs::File::open(path).await.map_err(|e| format!("reading the download: {e}"))?;
+/// Why files could not be fetched: `reason` is for the client, `detail` (paths, S3 keys, SDK
+/// errors) for the logs only.
+struct FetchError {
+    reason: String,
+    detail: String,
+}
+
+impl FetchError {
+    fn user(reason: String) -> Self {
+        FetchError { detail: reason.clone(), reason }
+    }
+}
+
+async fn verify(path: &Path, name: &str, size: u64, sha256: &str) -> Result<(), FetchError> {
+    let io = |e: std::io::Error| FetchError {
+        reason: "the local disk failed".into(),
+        detail: format!("reading the download: {e}"),
+    };
+    let mut file = tokio::fs::File::open(path).await.map_err(io)?;
     let mut hasher = Sha256::new();
     let mut buffer = vec![0u8; 1 << 20];
     let mut total = 0u64;
     loop {
-        let n = file.read(&mut buffer).await.map_err(|e| format!("reading the download: {e}"))?;
+        let n = file.read(&mut buffer).await.map_err(io)?;
         if n == 0 {
             break;
         }
@@ -187,12 +207,13 @@ async fn verify(path: &Path, size: u64, sha256: &str) -> Result<(), String> {
         hasher.update(&buffer[..n]);
     }
     let actual = hex::encode(hasher.finalize());
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     if total != size {
-        return Err(format!("{name} has {total} bytes, the manifest says {size}"));
+        return Err(FetchError::user(format!("{name} failed verification: {total} bytes, the manifest says {size}")));
     }
     if !actual.eq_ignore_ascii_case(sha256) {
-        return Err(format!("{name} failed verification: sha256 {actual}, the manifest says {sha256}"));
+        return Err(FetchError::user(format!(
+            "{name} failed verification: sha256 {actual}, the manifest says {sha256}"
+        )));
     }
     Ok(())
 }

@@ -28,7 +28,7 @@ impl From<EngineError> for Error {
             EngineError::Runtime(_) => Error::Unavailable("the inference runtime is unavailable".into()),
             EngineError::Fetch(m) => Error::Unavailable(m),
             EngineError::Load(m) => Error::Unavailable(m),
-            EngineError::Run(m) => Error::BadRequest(format!("the model could not run on this input: {m}")),
+            EngineError::Run(m) => Error::InputRejected(format!("the model could not run on this input: {m}")),
             EngineError::Internal(m) => Error::Internal(m),
         }
     }

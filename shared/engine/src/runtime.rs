@@ -45,6 +45,11 @@ impl Runtime {
         Ok(Runtime { environment, library })
     }
 
+    /// The ORT environment, for code that builds sessions itself (benchmarks' raw baseline).
+    pub fn environment(&self) -> &Environment {
+        &self.environment
+    }
+
     pub fn library(&self) -> &std::path::Path {
         &self.library
     }

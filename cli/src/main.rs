@@ -1,0 +1,126 @@
+//! `lmaas`: the operator's command line. `lmaas keys create|ls|revoke` manage API keys directly in
+//! the bucket (so AWS IAM decides who may), storing only each key's sha256.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use lmaas_aws::S3KeyStore;
+use lmaas_core::auth::{api_key_hash, format_api_key, now_seconds, KeyRecord, KeyStore};
+use lmaas_core::Scope;
+
+#[derive(Parser)]
+#[command(name = "lmaas", about = "lmaas command line")]
+struct Cli {
+    /// The lmaas bucket.
+    #[arg(long, env = "LMAAS_BUCKET", global = true, default_value = "")]
+    bucket: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Manage API keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create a key and print it (once: only its hash is stored).
+    Create {
+        #[arg(long)]
+        tenant: String,
+        /// Comma-separated: infer, models:read, models:write, jobs:read, jobs:write, admin.
+        #[arg(long, value_delimiter = ',', required = true)]
+        scopes: Vec<String>,
+        /// Who the key is for (defaults to the tenant).
+        #[arg(long)]
+        principal: Option<String>,
+        /// Lifetime, e.g. 90d, 12h, 30m; none = never expires.
+        #[arg(long)]
+        expires: Option<String>,
+    },
+    /// List keys (hash prefix, principal, tenant, scopes, expiry, state).
+    Ls,
+    /// Revoke the key whose hash starts with the given prefix (at least 8 hex digits).
+    Revoke { hash_prefix: String },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    if cli.bucket.is_empty() {
+        bail!("set LMAAS_BUCKET or pass --bucket");
+    }
+    let s3 = lmaas_aws::config::s3_client(&lmaas_aws::sdk_config().await);
+    let store: Arc<dyn KeyStore> = Arc::new(S3KeyStore::new(s3, cli.bucket));
+    match cli.command {
+        Command::Keys { command: KeysCommand::Create { tenant, scopes, principal, expires } } => {
+            let scopes = scopes
+                .iter()
+                .map(|s| Scope::parse(s.trim()).with_context(|| format!("unknown scope '{s}'")))
+                .collect::<anyhow::Result<BTreeSet<Scope>>>()?;
+            let now = now_seconds();
+            let expires_at = expires.as_deref().map(parse_duration).transpose()?.map(|seconds| now + seconds);
+            let mut random = [0u8; 32];
+            getrandom::fill(&mut random).map_err(|e| anyhow::anyhow!("no system randomness: {e}"))?;
+            let key = format_api_key(&random);
+            let principal = principal.unwrap_or_else(|| tenant.clone());
+            let record = KeyRecord { principal, tenant, scopes, created_at: now, expires_at, revoked: false };
+            store.put_key(&api_key_hash(&key), &record).await?;
+            println!("{key}");
+        }
+        Command::Keys { command: KeysCommand::Ls } => {
+            println!("{:<16} {:<20} {:<16} {:<40} {:<12} state", "hash", "principal", "tenant", "scopes", "expires_at");
+            for (hash, record) in store.list_keys().await? {
+                let scopes: Vec<&str> = record.scopes.iter().map(|s| s.as_str()).collect();
+                let state = match (record.revoked, record.expires_at) {
+                    (true, _) => "revoked",
+                    (false, Some(at)) if at <= now_seconds() => "expired",
+                    _ => "active",
+                };
+                let expires = record.expires_at.map_or("never".to_string(), |e| e.to_string());
+                println!(
+                    "{:<16} {:<20} {:<16} {:<40} {:<12} {state}",
+                    &hash[..16],
+                    record.principal,
+                    record.tenant,
+                    scopes.join(","),
+                    expires
+                );
+            }
+        }
+        Command::Keys { command: KeysCommand::Revoke { hash_prefix } } => {
+            if hash_prefix.len() < 8 {
+                bail!("give at least 8 hex digits of the key's hash (see `lmaas keys ls`)");
+            }
+            let matches: Vec<_> =
+                store.list_keys().await?.into_iter().filter(|(h, _)| h.starts_with(&hash_prefix)).collect();
+            let [(hash, record)] = matches.as_slice() else {
+                bail!("{} keys match '{hash_prefix}'; give a prefix that matches exactly one", matches.len());
+            };
+            store.put_key(hash, &KeyRecord { revoked: true, ..record.clone() }).await?;
+            println!("revoked {} ({} / {})", &hash[..16], record.principal, record.tenant);
+        }
+    }
+    Ok(())
+}
+
+/// `90d`, `12h`, `30m`, `45s` → seconds.
+fn parse_duration(raw: &str) -> anyhow::Result<u64> {
+    let (number, unit) = raw.split_at(raw.len().saturating_sub(1));
+    let n: u64 = number.parse().with_context(|| format!("'{raw}' is not a duration like 90d, 12h or 30m"))?;
+    let factor = match unit {
+        "d" => 86_400,
+        "h" => 3_600,
+        "m" => 60,
+        "s" => 1,
+        _ => bail!("'{raw}' is not a duration like 90d, 12h or 30m"),
+    };
+    Ok(n * factor)
+}

@@ -1,0 +1,329 @@
+//! Handler overhead vs raw ONNX Runtime, side by side in one run, and cold start.
+//!
+//! For `mlp` and `minilm` at batch 1, 8 and 32 it times the infer service in process (request
+//! bytes → response bytes: routing, validation, the cached session, encoding) against a raw
+//! `session.run` on the same inputs with the same threads (tensor creation and output copy
+//! included, as any caller needs). It prints p50/p99 and the ratio, for JSON and for binary
+//! tensor data. With `AWS_ENDPOINT_URL` and `LMAAS_BUCKET` set (make bench does), it also
+//! measures cold start: a fresh process → first answer, the model fetched from the emulator.
+//!
+//! Run: `make bench` (or `cargo bench -p lmaas-api --bench handler` after `make setup`).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use lmaas_api::{InferConfig, InferService};
+use lmaas_core::auth::{api_key_hash, Authenticator, KeyRecord, KeyStore, MemoryKeyStore};
+use lmaas_core::manifest::{FileEntry, Task};
+use lmaas_core::{DataType, Manifest, MemoryModelStore, ModelName, ModelState, Scope, TensorSpec, Version};
+use lmaas_engine::Runtime;
+use ort::session::Session;
+use ort::value::Tensor;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+const BUDGET_PER_SIDE: Duration = Duration::from_millis(1500);
+const MIN_ITERATIONS: usize = 30;
+
+fn main() {
+    if let Some(model) = std::env::args().skip_while(|a| a != "--cold-start-child").nth(1) {
+        return cold_start_child(&model);
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    println!("handler = lmaas infer service in process (request bytes -> response bytes); raw = ort session.run");
+    println!(
+        "{:<8} {:>5} {:<6} {:>10} {:>10} {:>10} {:>10} {:>8}",
+        "model", "batch", "body", "raw p50", "raw p99", "lmaas p50", "lmaas p99", "p50 x"
+    );
+    for model in ["mlp", "minilm"] {
+        let service = runtime.block_on(service_for(model));
+        let mut raw = raw_session(model);
+        for batch in [1, 8, 32] {
+            let inputs = inputs(model, batch);
+            for binary in [false, true] {
+                let body = request_body(&inputs, binary);
+                let request = || {
+                    let mut builder = http::Request::post(format!("/v2/models/{model}/infer"))
+                        .header("authorization", format!("Bearer {BENCH_KEY}"));
+                    if let Some(length) = body.1 {
+                        builder = builder.header("inference-header-content-length", length);
+                    }
+                    builder.body(Bytes::from(body.0.clone())).unwrap()
+                };
+                // Warm both paths (the first handler call loads the session).
+                let first = runtime.block_on(service.handle(request()));
+                assert_eq!(first.status(), 200, "{}", String::from_utf8_lossy(first.body()));
+                run_raw(&mut raw, &inputs);
+                let (raw_times, handler_times) = interleaved(
+                    || {
+                        std::hint::black_box(run_raw(&mut raw, &inputs));
+                    },
+                    || {
+                        let response = runtime.block_on(service.handle(request()));
+                        assert_eq!(response.status(), 200);
+                    },
+                );
+                let (r50, r99, h50, h99) = (
+                    pct(&raw_times, 50.0),
+                    pct(&raw_times, 99.0),
+                    pct(&handler_times, 50.0),
+                    pct(&handler_times, 99.0),
+                );
+                println!(
+                    "{model:<8} {batch:>5} {:<6} {:>10} {:>10} {:>10} {:>10} {:>8.3}",
+                    if binary { "binary" } else { "json" },
+                    ms(r50),
+                    ms(r99),
+                    ms(h50),
+                    ms(h99),
+                    h50.as_secs_f64() / r50.as_secs_f64()
+                );
+            }
+        }
+    }
+    if std::env::var_os("AWS_ENDPOINT_URL").is_some() && std::env::var_os("LMAAS_BUCKET").is_some() {
+        cold_start_table();
+    } else {
+        println!("\ncold start: skipped (set AWS_ENDPOINT_URL and LMAAS_BUCKET; `make bench` does)");
+    }
+}
+
+/// Alternates the two sides in small blocks so drift on a shared machine hits both alike.
+fn interleaved(mut raw: impl FnMut(), mut handler: impl FnMut()) -> (Vec<Duration>, Vec<Duration>) {
+    let (mut raw_times, mut handler_times) = (Vec::new(), Vec::new());
+    let started = Instant::now();
+    while started.elapsed() < BUDGET_PER_SIDE * 2 || raw_times.len() < MIN_ITERATIONS {
+        for _ in 0..5 {
+            let t = Instant::now();
+            raw();
+            raw_times.push(t.elapsed());
+            let t = Instant::now();
+            handler();
+            handler_times.push(t.elapsed());
+        }
+    }
+    (raw_times, handler_times)
+}
+
+fn pct(times: &[Duration], p: f64) -> Duration {
+    let mut sorted = times.to_vec();
+    sorted.sort();
+    sorted[((p / 100.0) * (sorted.len() - 1) as f64).round() as usize]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.3}ms", d.as_secs_f64() * 1e3)
+}
+
+fn sample_dir(model: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.lmaas/samples").join(model)
+}
+
+fn manifest_for(model: &str, bytes: &[u8]) -> Manifest {
+    let (inputs, outputs) = match model {
+        "mlp" => (vec![spec("input", DataType::Fp32, &[-1, 4])], vec![spec("output", DataType::Fp32, &[-1, 3])]),
+        _ => (
+            ["input_ids", "attention_mask", "token_type_ids"]
+                .iter()
+                .map(|n| spec(n, DataType::Int64, &[-1, -1]))
+                .collect(),
+            vec![spec("last_hidden_state", DataType::Fp32, &[-1, -1, 384])],
+        ),
+    };
+    Manifest {
+        name: ModelName::parse(model).unwrap(),
+        version: Version::new(1).unwrap(),
+        state: ModelState::Ready,
+        task: Task::Tensor,
+        platform: "onnxruntime_onnx".into(),
+        files: [(
+            "model.onnx".into(),
+            FileEntry { sha256: hex::encode(Sha256::digest(bytes)), size: bytes.len() as u64 },
+        )]
+        .into(),
+        inputs,
+        outputs,
+        created_at: "2026-11-28T00:00:00Z".into(),
+        tenant: None,
+        config: Value::Null,
+        acl: Default::default(),
+    }
+}
+
+fn spec(name: &str, datatype: DataType, shape: &[i64]) -> TensorSpec {
+    TensorSpec { name: name.into(), datatype, shape: shape.to_vec() }
+}
+
+async fn service_for(model: &str) -> InferService {
+    let bytes =
+        std::fs::read(sample_dir(model).join("model.onnx")).expect("run `make setup` first to build the samples");
+    let manifest = manifest_for(model, &bytes);
+    let store = MemoryModelStore::default();
+    store.put_alias(&manifest.name, &lmaas_core::AliasName::latest(), manifest.version);
+    store.put_file(&manifest.name, manifest.version, "model.onnx", bytes);
+    store.put_manifest(manifest);
+    let cache_dir = std::env::temp_dir().join(format!("lmaas-bench-{}", std::process::id()));
+    let config = InferConfig::from_lookup(|name| match name {
+        "LMAAS_BUCKET" => Some("bench".into()),
+        "LMAAS_MODEL_CACHE_DIR" => Some(cache_dir.display().to_string()),
+        _ => None,
+    })
+    .unwrap();
+    let keys = MemoryKeyStore::default();
+    keys.put_key(
+        &api_key_hash(BENCH_KEY),
+        &KeyRecord {
+            principal: "bench".into(),
+            tenant: "bench".into(),
+            scopes: [Scope::Admin].into(),
+            created_at: 0,
+            expires_at: None,
+            revoked: false,
+        },
+    )
+    .await
+    .unwrap();
+    let authenticator = Authenticator::new(Arc::new(keys), None, Duration::from_secs(30));
+    InferService::new(Arc::new(store), authenticator, config)
+}
+
+/// The in-process service authenticates like the deployed one (an API key, cached after first use).
+const BENCH_KEY: &str = "lmk_bench0000000000000000000000000000000000000000000000000000000000";
+
+/// Named inputs: (name, shape, data) with FP32 for mlp and INT64 token tensors for minilm.
+enum Data {
+    F32(Vec<f32>),
+    I64(Vec<i64>),
+}
+
+fn inputs(model: &str, batch: usize) -> Vec<(String, Vec<usize>, Data)> {
+    if model == "mlp" {
+        let data = (0..batch * 4).map(|i| (i % 7) as f32 * 0.5 - 1.0).collect();
+        return vec![("input".into(), vec![batch, 4], Data::F32(data))];
+    }
+    // "A man is eating food." as the fixture tokenized it, repeated for the batch.
+    let fixture: Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../samples/fixtures/minilm_batch1.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    fixture["request"]["inputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|input| {
+            let row: Vec<i64> = input["data"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
+            let data = row.iter().copied().cycle().take(row.len() * batch).collect();
+            (input["name"].as_str().unwrap().to_string(), vec![batch, row.len()], Data::I64(data))
+        })
+        .collect()
+}
+
+/// The request body, and the JSON header's length when tensor data is binary.
+fn request_body(inputs: &[(String, Vec<usize>, Data)], binary: bool) -> (Vec<u8>, Option<usize>) {
+    let mut tail = Vec::new();
+    let described: Vec<Value> = inputs
+        .iter()
+        .map(|(name, shape, data)| {
+            let (datatype, values, bytes): (&str, Value, Vec<u8>) = match data {
+                Data::F32(v) => ("FP32", json!(v), v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+                Data::I64(v) => ("INT64", json!(v), v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+            };
+            if binary {
+                let entry = json!({"name": name, "datatype": datatype, "shape": shape, "parameters": {"binary_data_size": bytes.len()}});
+                tail.extend_from_slice(&bytes);
+                entry
+            } else {
+                json!({"name": name, "datatype": datatype, "shape": shape, "data": values})
+            }
+        })
+        .collect();
+    let mut header = json!({"inputs": described});
+    if binary {
+        header["parameters"] = json!({"binary_data_output": true});
+    }
+    let mut body = serde_json::to_vec(&header).unwrap();
+    let length = body.len();
+    body.extend_from_slice(&tail);
+    (body, binary.then_some(length))
+}
+
+fn raw_session(model: &str) -> Session {
+    let runtime = Runtime::get().expect("ONNX Runtime");
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    Session::builder(runtime.environment())
+        .unwrap()
+        .with_intra_threads(threads)
+        .unwrap()
+        .with_inter_threads(1)
+        .unwrap()
+        .commit_from_file(sample_dir(model).join("model.onnx"))
+        .unwrap()
+}
+
+fn run_raw(session: &mut Session, inputs: &[(String, Vec<usize>, Data)]) -> Vec<f32> {
+    let values: Vec<(String, ort::value::DynValue)> = inputs
+        .iter()
+        .map(|(name, shape, data)| {
+            let value = match data {
+                Data::F32(v) => Tensor::from_array((shape.clone(), v.clone())).unwrap().into_dyn(),
+                Data::I64(v) => Tensor::from_array((shape.clone(), v.clone())).unwrap().into_dyn(),
+            };
+            (name.clone(), value)
+        })
+        .collect();
+    let outputs = session.run(values).unwrap();
+    let (_, data) = outputs[0].try_extract_tensor::<f32>().unwrap();
+    data.to_vec()
+}
+
+fn cold_start_table() {
+    println!("\ncold start: new process -> first answer, model fetched from the emulator into an empty cache");
+    println!("{:<8} {:>10} {:>12} {:>12}", "model", "total", "in process", "first call");
+    let exe = std::env::current_exe().unwrap();
+    for model in ["mlp", "minilm"] {
+        let started = Instant::now();
+        let output = std::process::Command::new(&exe).args(["--cold-start-child", model]).output().unwrap();
+        let total = started.elapsed();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        let child: Value = serde_json::from_slice(&output.stdout).expect("child timings");
+        println!(
+            "{model:<8} {:>10} {:>10.1}ms {:>10.1}ms",
+            ms(total),
+            child["in_process_ms"].as_f64().unwrap(),
+            child["first_call_ms"].as_f64().unwrap()
+        );
+    }
+}
+
+/// A fresh process: config from env, S3 clients, an empty model cache, one request.
+fn cold_start_child(model: &str) {
+    let started = Instant::now();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let cache_dir = tempfile_dir();
+    std::env::set_var("LMAAS_MODEL_CACHE_DIR", &cache_dir);
+    let service = runtime.block_on(InferService::from_env(InferConfig::from_env().unwrap())).unwrap();
+    let (body, _) = request_body(&inputs(model, 1), false);
+    let token = std::env::var("LMAAS_TOKEN").expect("LMAAS_TOKEN (make bench sets it)");
+    let request = http::Request::post(format!("/v2/models/{model}/infer"))
+        .header("authorization", format!("Bearer {token}"))
+        .body(Bytes::from(body))
+        .unwrap();
+    let call = Instant::now();
+    let response = runtime.block_on(service.handle(request));
+    assert_eq!(response.status(), 200, "{}", String::from_utf8_lossy(response.body()));
+    let first_call = call.elapsed();
+    let _ = std::fs::remove_dir_all(&cache_dir);
+    println!(
+        "{}",
+        json!({"in_process_ms": started.elapsed().as_secs_f64() * 1e3, "first_call_ms": first_call.as_secs_f64() * 1e3})
+    );
+}
+
+fn tempfile_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("lmaas-cold-{}", std::process::id()))
+}
