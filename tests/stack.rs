@@ -127,6 +127,20 @@ async fn metadata_reports_dynamic_dims_and_the_execution_provider() {
     let (status, body) = get("/v2").await;
     assert_eq!((status, &body["name"]), (StatusCode::OK, &json!("lmaas")));
     assert_eq!(get("/v2/health/live").await.0, StatusCode::OK);
+    let echoed = client()
+        .get(format!("{}/v2/health/live", stack().url))
+        .header("x-request-id", "trace-me-42")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(echoed.headers()["x-request-id"], "trace-me-42");
+    let minted = client()
+        .get(format!("{}/v2/health/live", stack().url))
+        .header("x-request-id", "not a plain id; <script>")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(minted.headers()["x-request-id"].len(), 32, "a request id that is not plain is replaced");
     assert_eq!(get("/v2/health/ready").await.0, StatusCode::OK);
 }
 

@@ -6,13 +6,14 @@ root="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$root"
 state="$root/.lmaas/bench"
 mkdir -p "$state"
+rm -f "$state/stack.env" "$state/stack.out"
 free_port() { "$root/.lmaas/venv/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 LMAAS_DEV_PORT="$(free_port)" LMAAS_EMULATOR_PORT="$(free_port)" LMAAS_DEV_ENV_FILE="$state/stack.env" \
   LMAAS_STATE_DIR="$state/stack" infra/local/dev.sh --emulator-only --watch-parent $$ > "$state/stack.out" 2> "$state/stack.log" &
 for _ in $(seq 1 600); do
-  grep -q "ready" "$state/stack.out" 2>/dev/null && break
+  grep -q "dev stack ready" "$state/stack.out" 2>/dev/null && break
   sleep 0.5
 done
-grep -q "ready" "$state/stack.out" || { tail -20 "$state/stack.log"; exit 1; }
+grep -q "dev stack ready" "$state/stack.out" || { tail -20 "$state/stack.log"; exit 1; }
 set -a; . "$state/stack.env"; set +a
 cargo bench -p lmaas-api --bench handler 2>&1 | tee "$state/handler.txt"

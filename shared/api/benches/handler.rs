@@ -17,7 +17,7 @@ use bytes::Bytes;
 use lmaas_api::{InferConfig, InferService};
 use lmaas_core::auth::{api_key_hash, Authenticator, KeyRecord, KeyStore, MemoryKeyStore};
 use lmaas_core::manifest::{FileEntry, Task};
-use lmaas_core::{DataType, Manifest, MemoryModelStore, ModelName, ModelState, Scope, TensorSpec, Version};
+use lmaas_core::{DataType, Manifest, MemoryModelStore, ModelName, Scope, TensorSpec, Version};
 use lmaas_engine::Runtime;
 use ort::session::Session;
 use ort::value::Tensor;
@@ -132,24 +132,10 @@ fn manifest_for(model: &str, bytes: &[u8]) -> Manifest {
             vec![spec("last_hidden_state", DataType::Fp32, &[-1, -1, 384])],
         ),
     };
-    Manifest {
-        name: ModelName::parse(model).unwrap(),
-        version: Version::new(1).unwrap(),
-        state: ModelState::Ready,
-        task: Task::Tensor,
-        platform: "onnxruntime_onnx".into(),
-        files: [(
-            "model.onnx".into(),
-            FileEntry { sha256: hex::encode(Sha256::digest(bytes)), size: bytes.len() as u64 },
-        )]
-        .into(),
-        inputs,
-        outputs,
-        created_at: "2026-11-28T00:00:00Z".into(),
-        tenant: None,
-        config: Value::Null,
-        acl: Default::default(),
-    }
+    let files =
+        [("model.onnx".into(), FileEntry { sha256: hex::encode(Sha256::digest(bytes)), size: bytes.len() as u64 })]
+            .into();
+    Manifest::ready(ModelName::parse(model).unwrap(), Version::new(1).unwrap(), Task::Tensor, files, inputs, outputs)
 }
 
 fn spec(name: &str, datatype: DataType, shape: &[i64]) -> TensorSpec {
@@ -252,6 +238,7 @@ fn request_body(inputs: &[(String, Vec<usize>, Data)], binary: bool) -> (Vec<u8>
     (body, binary.then_some(length))
 }
 
+/// The baseline gets the same session options as lmaas's sessions (threads, no spinning).
 fn raw_session(model: &str) -> Session {
     let runtime = Runtime::get().expect("ONNX Runtime");
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -260,6 +247,8 @@ fn raw_session(model: &str) -> Session {
         .with_intra_threads(threads)
         .unwrap()
         .with_inter_threads(1)
+        .unwrap()
+        .with_intra_op_spinning(false)
         .unwrap()
         .commit_from_file(sample_dir(model).join("model.onnx"))
         .unwrap()

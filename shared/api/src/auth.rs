@@ -3,10 +3,18 @@
 
 use std::sync::Arc;
 
+use lmaas_aws::{S3KeyStore, S3ModelStore};
 use lmaas_core::auth::{Authenticator, KeyStore};
 use lmaas_core::jwt::JwtVerifier;
 
 use crate::config::{AuthConfig, ConfigError, JwksSource};
+
+/// The S3-backed model store and authenticator every HTTP function needs, from the environment.
+pub async fn s3_backends(bucket: &str, config: &AuthConfig) -> Result<(Arc<S3ModelStore>, Authenticator), ConfigError> {
+    let s3 = lmaas_aws::config::s3_client(&lmaas_aws::sdk_config().await);
+    let keys = Arc::new(S3KeyStore::new(s3.clone(), bucket));
+    Ok((Arc::new(S3ModelStore::new(s3, bucket)), authenticator(config, keys).await?))
+}
 
 pub async fn authenticator(config: &AuthConfig, keys: Arc<dyn KeyStore>) -> Result<Authenticator, ConfigError> {
     let jwt = match &config.jwks {

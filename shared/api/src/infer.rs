@@ -4,7 +4,6 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{header, Request, Response, StatusCode};
-use lmaas_aws::{S3KeyStore, S3ModelStore};
 use lmaas_core::acl::authorize;
 use lmaas_core::auth::Authenticator;
 use lmaas_core::v2::{encode_response, InferRequest, HEADER_LENGTH};
@@ -38,12 +37,8 @@ impl InferService {
 
     /// The service over S3, with clients built from the environment.
     pub async fn from_env(config: InferConfig) -> Result<Self, ConfigError> {
-        let sdk = lmaas_aws::sdk_config().await;
-        let s3 = lmaas_aws::config::s3_client(&sdk);
-        let keys = Arc::new(S3KeyStore::new(s3.clone(), config.bucket.clone()));
-        let authenticator = crate::auth::authenticator(&config.auth, keys).await?;
-        let store = S3ModelStore::new(s3, config.bucket.clone());
-        Ok(InferService::new(Arc::new(store), authenticator, config))
+        let (store, authenticator) = crate::auth::s3_backends(&config.bucket, &config.auth).await?;
+        Ok(InferService::new(store, authenticator, config))
     }
 
     /// Loads the `LMAAS_PRELOAD` models (during INIT, so the first request is warm). A model that

@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use lmaas_aws::{S3KeyStore, S3ModelStore};
 use lmaas_core::acl::authorize;
 use lmaas_core::auth::Authenticator;
 use lmaas_core::v2::model_metadata;
@@ -35,12 +34,8 @@ impl ModelsService {
     }
 
     pub async fn from_env(config: ModelsConfig) -> Result<Self, ConfigError> {
-        let sdk = lmaas_aws::sdk_config().await;
-        let s3 = lmaas_aws::config::s3_client(&sdk);
-        let keys = Arc::new(S3KeyStore::new(s3.clone(), config.bucket.clone()));
-        let authenticator = crate::auth::authenticator(&config.auth, keys).await?;
-        let store = S3ModelStore::new(s3, config.bucket.clone());
-        Ok(ModelsService::new(Arc::new(store), authenticator, &config))
+        let (store, authenticator) = crate::auth::s3_backends(&config.bucket, &config.auth).await?;
+        Ok(ModelsService::new(store, authenticator, &config))
     }
 
     pub async fn handle(&self, request: Request<Bytes>) -> Response<Bytes> {

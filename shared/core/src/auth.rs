@@ -251,6 +251,21 @@ mod tests {
             .contains("revoked"));
     }
 
+    #[tokio::test]
+    async fn a_revocation_is_seen_once_the_cached_record_expires() {
+        let key = format_api_key(&[3; 32]);
+        let store = MemoryKeyStore::default();
+        store.put_key(&api_key_hash(&key), &record(&[Scope::Infer], None, false)).await.unwrap();
+        let cached = Authenticator::new(Arc::new(store.clone()), None, Duration::from_secs(3600));
+        let fresh = Authenticator::new(Arc::new(store.clone()), None, Duration::ZERO);
+        let header = format!("Bearer {key}");
+        assert!(cached.authenticate(Some(&header)).await.is_ok());
+        assert!(fresh.authenticate(Some(&header)).await.is_ok());
+        store.put_key(&api_key_hash(&key), &record(&[Scope::Infer], None, true)).await.unwrap();
+        assert!(cached.authenticate(Some(&header)).await.is_ok(), "within the TTL the cached record holds");
+        assert!(fresh.authenticate(Some(&header)).await.is_err(), "past the TTL the revocation is seen");
+    }
+
     #[test]
     fn admin_holds_every_scope_and_others_only_their_own() {
         let admin = Principal { id: "a".into(), tenant: "t".into(), scopes: [Scope::Admin].into() };

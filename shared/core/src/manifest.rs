@@ -70,6 +70,31 @@ fn default_platform() -> String {
 pub const MODEL_FILE: &str = "model.onnx";
 
 impl Manifest {
+    /// A ready version with no owner, ACL or config (tests, benches and seeding build on it).
+    pub fn ready(
+        name: ModelName,
+        version: Version,
+        task: Task,
+        files: BTreeMap<String, FileEntry>,
+        inputs: Vec<TensorSpec>,
+        outputs: Vec<TensorSpec>,
+    ) -> Self {
+        Manifest {
+            name,
+            version,
+            state: ModelState::Ready,
+            task,
+            platform: default_platform(),
+            files,
+            inputs,
+            outputs,
+            created_at: String::new(),
+            tenant: None,
+            config: serde_json::Value::Null,
+            acl: Acl::default(),
+        }
+    }
+
     /// The model file's entry, whose sha256 keys the local cache.
     pub fn model_file(&self) -> Option<&FileEntry> {
         self.files.get(MODEL_FILE)

@@ -80,19 +80,13 @@ pub(crate) mod tests {
     use crate::{AliasName, DataType, MemoryModelStore, TensorSpec};
 
     pub(crate) fn manifest(name: &str, version: u32, state: ModelState) -> Manifest {
+        let files = [("model.onnx".to_string(), FileEntry { sha256: "00".repeat(32), size: 10 })].into();
+        let inputs = vec![TensorSpec { name: "input".into(), datatype: DataType::Fp32, shape: vec![-1, 4] }];
+        let outputs = vec![TensorSpec { name: "output".into(), datatype: DataType::Fp32, shape: vec![-1, 3] }];
+        let name = ModelName::parse(name).unwrap();
         Manifest {
-            name: ModelName::parse(name).unwrap(),
-            version: Version::new(version).unwrap(),
             state,
-            task: Task::Tensor,
-            platform: "onnxruntime_onnx".into(),
-            files: [("model.onnx".to_string(), FileEntry { sha256: "00".repeat(32), size: 10 })].into(),
-            inputs: vec![TensorSpec { name: "input".into(), datatype: DataType::Fp32, shape: vec![-1, 4] }],
-            outputs: vec![TensorSpec { name: "output".into(), datatype: DataType::Fp32, shape: vec![-1, 3] }],
-            created_at: "2026-11-28T00:00:00Z".into(),
-            tenant: None,
-            config: serde_json::Value::Null,
-            acl: Default::default(),
+            ..Manifest::ready(name, Version::new(version).unwrap(), Task::Tensor, files, inputs, outputs)
         }
     }
 

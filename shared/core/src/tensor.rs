@@ -125,42 +125,60 @@ impl Tensor {
         }
     }
 
-    /// The data as a flat JSON array, the V2 JSON form. Non-finite floats become `null`, since
-    /// JSON has no NaN; clients that need them exactly ask for binary outputs.
+    /// The data as a flat JSON array, the V2 JSON form.
     pub fn to_json_data(&self) -> Value {
-        match &self.data {
-            TensorData::Bytes(items) => {
-                Value::Array(items.iter().map(|i| Value::String(String::from_utf8_lossy(i).into_owned())).collect())
-            }
-            TensorData::Raw(bytes) => Value::Array(raw_to_json(self.datatype, bytes)),
-        }
+        serde_json::to_value(self.json_data()).expect("tensor data always serializes")
+    }
+
+    /// The data as a serializable flat array, written element by element without building a JSON
+    /// tree (responses can hold hundreds of thousands of floats). Non-finite floats become `null`,
+    /// since JSON has no NaN; clients that need them exactly ask for binary outputs.
+    pub fn json_data(&self) -> JsonData<'_> {
+        JsonData(self)
     }
 }
 
-fn raw_to_json(datatype: DataType, bytes: &[u8]) -> Vec<Value> {
-    macro_rules! numbers {
-        ($ty:ty, $n:expr, $to:expr) => {
-            bytes
-                .chunks_exact($n)
-                .map(|c| $to(<$ty>::from_le_bytes(c.try_into().expect("chunk size"))).into())
-                .collect()
+/// See [`Tensor::json_data`].
+pub struct JsonData<'a>(&'a Tensor);
+
+impl Serialize for JsonData<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let tensor = self.0;
+        let mut seq = serializer.serialize_seq(Some(tensor.element_count()))?;
+        let bytes = match &tensor.data {
+            TensorData::Bytes(items) => {
+                for item in items {
+                    seq.serialize_element(&String::from_utf8_lossy(item))?;
+                }
+                return seq.end();
+            }
+            TensorData::Raw(bytes) => bytes,
         };
-    }
-    match datatype {
-        DataType::Bool => bytes.iter().map(|&b| Value::Bool(b != 0)).collect(),
-        DataType::Uint8 => bytes.iter().map(|&b| Value::from(b)).collect(),
-        DataType::Int8 => bytes.iter().map(|&b| Value::from(b as i8)).collect(),
-        DataType::Uint16 => numbers!(u16, 2, |v| v),
-        DataType::Int16 => numbers!(i16, 2, |v| v),
-        DataType::Uint32 => numbers!(u32, 4, |v| v),
-        DataType::Int32 => numbers!(i32, 4, |v| v),
-        DataType::Uint64 => numbers!(u64, 8, |v| v),
-        DataType::Int64 => numbers!(i64, 8, |v| v),
-        DataType::Fp16 => numbers!(u16, 2, |v| f16::from_bits(v).to_f64()),
-        DataType::Bf16 => numbers!(u16, 2, |v| bf16::from_bits(v).to_f64()),
-        DataType::Fp32 => numbers!(f32, 4, |v: f32| f64::from(v)),
-        DataType::Fp64 => numbers!(f64, 8, |v| v),
-        DataType::Bytes => unreachable!("BYTES tensors are never raw"),
+        macro_rules! each {
+            ($ty:ty, $to:expr) => {
+                for chunk in bytes.chunks_exact(std::mem::size_of::<$ty>()) {
+                    seq.serialize_element(&$to(<$ty>::from_le_bytes(chunk.try_into().expect("chunk size"))))?;
+                }
+            };
+        }
+        match tensor.datatype {
+            DataType::Bool => each!(u8, |b| b != 0),
+            DataType::Uint8 => each!(u8, |v| v),
+            DataType::Int8 => each!(i8, |v| v),
+            DataType::Uint16 => each!(u16, |v| v),
+            DataType::Int16 => each!(i16, |v| v),
+            DataType::Uint32 => each!(u32, |v| v),
+            DataType::Int32 => each!(i32, |v| v),
+            DataType::Uint64 => each!(u64, |v| v),
+            DataType::Int64 => each!(i64, |v| v),
+            DataType::Fp16 => each!(u16, |v| f16::from_bits(v).to_f32()),
+            DataType::Bf16 => each!(u16, |v| bf16::from_bits(v).to_f32()),
+            DataType::Fp32 => each!(f32, |v| v),
+            DataType::Fp64 => each!(f64, |v| v),
+            DataType::Bytes => unreachable!("BYTES tensors are never raw"),
+        }
+        seq.end()
     }
 }
 

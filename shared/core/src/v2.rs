@@ -2,7 +2,7 @@
 //! binary tensor data extension, validated against the model's signature before ONNX Runtime
 //! sees anything, and responses encoded the same two ways.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use crate::names::printable;
@@ -371,42 +371,68 @@ pub fn encode_response(
     outputs: &[(Tensor, bool)],
 ) -> EncodedResponse {
     let mut binary = Vec::new();
-    let outputs_json: Vec<Value> = outputs
+    let entries: Vec<OutputEntry> = outputs
         .iter()
         .map(|(tensor, as_binary)| {
-            let mut entry = json!({
-                "name": tensor.name,
-                "datatype": tensor.datatype,
-                "shape": tensor.shape,
-            });
+            let mut entry = OutputEntry { tensor, parameters: None, data: None };
             if *as_binary {
                 let bytes = tensor.to_binary();
-                entry["parameters"] = json!({ "binary_data_size": bytes.len() });
+                entry.parameters = Some(json!({ "binary_data_size": bytes.len() }));
                 binary.extend_from_slice(&bytes);
             } else {
-                entry["data"] = tensor.to_json_data();
+                entry.data = Some(tensor.json_data());
             }
             entry
         })
         .collect();
-    let mut header = json!({
-        "model_name": model.name,
-        "model_version": model.version.to_string(),
-        "outputs": outputs_json,
-    });
-    if let Some(id) = id {
-        header["id"] = Value::String(id.to_string());
-    }
-    if !parameters.is_empty() {
-        header["parameters"] = Value::Object(parameters);
-    }
-    let mut body = serde_json::to_vec(&header).expect("a JSON value always serializes");
+    let header = ResponseHeader {
+        model_name: model.name.as_str(),
+        model_version: model.version.to_string(),
+        id,
+        parameters: (!parameters.is_empty()).then_some(parameters),
+        outputs: entries,
+    };
+    let mut body = serde_json::to_vec(&header).expect("a response header always serializes");
     if outputs.iter().any(|(_, b)| *b) {
         let header_length = body.len();
         body.extend_from_slice(&binary);
         EncodedResponse { body, header_length: Some(header_length) }
     } else {
         EncodedResponse { body, header_length: None }
+    }
+}
+
+#[derive(Serialize)]
+struct ResponseHeader<'a> {
+    model_name: &'a str,
+    model_version: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parameters: Option<Map<String, Value>>,
+    outputs: Vec<OutputEntry<'a>>,
+}
+
+struct OutputEntry<'a> {
+    tensor: &'a Tensor,
+    parameters: Option<Value>,
+    data: Option<crate::tensor::JsonData<'a>>,
+}
+
+impl Serialize for OutputEntry<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("name", &self.tensor.name)?;
+        map.serialize_entry("datatype", &self.tensor.datatype)?;
+        map.serialize_entry("shape", &self.tensor.shape)?;
+        if let Some(parameters) = &self.parameters {
+            map.serialize_entry("parameters", parameters)?;
+        }
+        if let Some(data) = &self.data {
+            map.serialize_entry("data", data)?;
+        }
+        map.end()
     }
 }
 

@@ -3,7 +3,7 @@
 
 use lmaas_core::manifest::{FileEntry, Task};
 use lmaas_core::v2::InferRequest;
-use lmaas_core::{DataType, Limits, Manifest, ModelName, ModelState, TensorData, TensorSpec, Version};
+use lmaas_core::{DataType, Limits, Manifest, ModelName, TensorData, TensorSpec, Version};
 
 /// xorshift64*: reproducible without a dependency; the seed is printed on failure.
 struct Rng(u64);
@@ -22,26 +22,16 @@ impl Rng {
 
 fn model() -> Manifest {
     let spec = |name: &str, datatype, shape: &[i64]| TensorSpec { name: name.into(), datatype, shape: shape.to_vec() };
-    Manifest {
-        name: ModelName::parse("fuzz").unwrap(),
-        version: Version::new(1).unwrap(),
-        state: ModelState::Ready,
-        task: Task::Tensor,
-        platform: "onnxruntime_onnx".into(),
-        files: [("model.onnx".to_string(), FileEntry { sha256: "0".repeat(64), size: 1 })].into(),
-        inputs: vec![
-            spec("x", DataType::Fp32, &[-1, 4]),
-            spec("ids", DataType::Int64, &[-1, -1]),
-            spec("s", DataType::Bytes, &[-1]),
-            spec("b", DataType::Bool, &[2]),
-            spec("h", DataType::Fp16, &[-1]),
-        ],
-        outputs: vec![spec("y", DataType::Fp32, &[-1, 3])],
-        created_at: String::new(),
-        tenant: None,
-        config: serde_json::Value::Null,
-        acl: Default::default(),
-    }
+    let files = [("model.onnx".to_string(), FileEntry { sha256: "0".repeat(64), size: 1 })].into();
+    let inputs = vec![
+        spec("x", DataType::Fp32, &[-1, 4]),
+        spec("ids", DataType::Int64, &[-1, -1]),
+        spec("s", DataType::Bytes, &[-1]),
+        spec("b", DataType::Bool, &[2]),
+        spec("h", DataType::Fp16, &[-1]),
+    ];
+    let outputs = vec![spec("y", DataType::Fp32, &[-1, 3])];
+    Manifest::ready(ModelName::parse("fuzz").unwrap(), Version::new(1).unwrap(), Task::Tensor, files, inputs, outputs)
 }
 
 fn seeds() -> Vec<(Vec<u8>, Option<usize>)> {
@@ -56,8 +46,27 @@ fn seeds() -> Vec<(Vec<u8>, Option<usize>)> {
 }
 
 const TOKENS: &[&[u8]] = &[
-    b"-1", b"0", b"9223372036854775807", b"18446744073709551616", b"1e309", b"-0", b"null", b"[", b"]", b"{", b"}",
-    b"\"", b",", b":", b"\"BYTES\"", b"\"FP64\"", b"[[[[[[", b"\"\\u0000\"", b"true", b"4294967295", b"\xff\xfe",
+    b"-1",
+    b"0",
+    b"9223372036854775807",
+    b"18446744073709551616",
+    b"1e309",
+    b"-0",
+    b"null",
+    b"[",
+    b"]",
+    b"{",
+    b"}",
+    b"\"",
+    b",",
+    b":",
+    b"\"BYTES\"",
+    b"\"FP64\"",
+    b"[[[[[[",
+    b"\"\\u0000\"",
+    b"true",
+    b"4294967295",
+    b"\xff\xfe",
 ];
 
 fn mutate(rng: &mut Rng, body: &mut Vec<u8>) {

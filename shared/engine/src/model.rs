@@ -41,6 +41,9 @@ impl LoadedModel {
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         builder = builder.with_intra_threads(threads).map_err(|e| load_error(&e))?;
         builder = builder.with_inter_threads(1).map_err(|e| load_error(&e))?;
+        // Spinning threads keep burning CPU after a run: on Lambda that is billed time stolen
+        // from the next request's parsing and from the instance's other threads.
+        builder = builder.with_intra_op_spinning(false).map_err(|e| load_error(&e))?;
         let mut chosen = ExecutionProvider::Cpu;
         for provider in providers.iter() {
             match provider {

@@ -5,9 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use lmaas_core::manifest::{FileEntry, Task};
-use lmaas_core::{
-    DataType, Error, Manifest, MemoryModelStore, ModelName, ModelState, Tensor, TensorData, TensorSpec, Version,
-};
+use lmaas_core::{DataType, Error, Manifest, MemoryModelStore, ModelName, Tensor, TensorData, TensorSpec, Version};
 use lmaas_engine::{CacheConfig, ExecutionProviders, ModelCache};
 use sha2::{Digest, Sha256};
 
@@ -17,27 +15,18 @@ fn sample_model(name: &str) -> Vec<u8> {
 }
 
 fn manifest(name: &str, version: u32, bytes: &[u8], claimed_sha: Option<String>) -> Manifest {
-    Manifest {
-        name: ModelName::parse(name).unwrap(),
-        version: Version::new(version).unwrap(),
-        state: ModelState::Ready,
-        task: Task::Tensor,
-        platform: "onnxruntime_onnx".into(),
-        files: [(
-            "model.onnx".to_string(),
-            FileEntry {
-                sha256: claimed_sha.unwrap_or_else(|| hex::encode(Sha256::digest(bytes))),
-                size: bytes.len() as u64,
-            },
-        )]
-        .into(),
-        inputs: vec![TensorSpec { name: "input".into(), datatype: DataType::Fp32, shape: vec![-1, 4] }],
-        outputs: vec![TensorSpec { name: "output".into(), datatype: DataType::Fp32, shape: vec![-1, 3] }],
-        created_at: "2026-11-28T00:00:00Z".into(),
-        tenant: None,
-        config: serde_json::Value::Null,
-        acl: Default::default(),
-    }
+    let sha256 = claimed_sha.unwrap_or_else(|| hex::encode(Sha256::digest(bytes)));
+    let files = [("model.onnx".to_string(), FileEntry { sha256, size: bytes.len() as u64 })].into();
+    let inputs = vec![TensorSpec { name: "input".into(), datatype: DataType::Fp32, shape: vec![-1, 4] }];
+    let outputs = vec![TensorSpec { name: "output".into(), datatype: DataType::Fp32, shape: vec![-1, 3] }];
+    Manifest::ready(
+        ModelName::parse(name).unwrap(),
+        Version::new(version).unwrap(),
+        Task::Tensor,
+        files,
+        inputs,
+        outputs,
+    )
 }
 
 fn cache(store: &MemoryModelStore, dir: &tempfile::TempDir, max_bytes: u64) -> Arc<ModelCache> {
