@@ -1,5 +1,9 @@
-//! `lmaas`: the operator's command line. `lmaas keys create|ls|revoke` manage API keys directly in
-//! the bucket (so AWS IAM decides who may), storing only each key's sha256.
+//! `lmaas`: the command line. `push`, `models` and `infer` use the HTTP API (`LMAAS_URL`,
+//! `LMAAS_TOKEN`, or `.lmaas/dev.env`); `keys` manages API keys directly in the bucket (so AWS IAM
+//! decides who may), storing only each key's sha256.
+
+mod api;
+mod push;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -22,10 +26,51 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Manage API keys.
+    /// Manage API keys (operators: talks to the bucket with AWS credentials).
     Keys {
         #[command(subcommand)]
         command: KeysCommand,
+    },
+    /// Upload a model folder (model.onnx, optional tokenizer.json, lmaas.json) as a new version.
+    Push {
+        dir: std::path::PathBuf,
+        #[arg(long)]
+        model: String,
+        #[arg(long)]
+        version: u32,
+        /// tensor or embeddings.
+        #[arg(long, default_value = "tensor")]
+        task: String,
+        /// Aliases to point at the new version once it is committed (repeatable).
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+    },
+    /// Inspect and manage model versions.
+    Models {
+        #[command(subcommand)]
+        command: ModelsCommand,
+    },
+    /// Run a V2 inference request (JSON) and print the answer.
+    Infer {
+        /// `name` or `name:tag`.
+        model: String,
+        /// The V2 request body, or @file to read it from a file.
+        request: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ModelsCommand {
+    /// A model's versions, states and aliases.
+    Show { model: String },
+    /// Point an alias at a version.
+    Tag { model: String, alias: String, version: u32 },
+    /// Delete a version (refused while an alias points at it, unless --force).
+    Rm {
+        model: String,
+        version: u32,
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -54,13 +99,56 @@ enum KeysCommand {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    if cli.bucket.is_empty() {
+    match cli.command {
+        Command::Keys { command } => keys(&cli.bucket, command).await,
+        Command::Push { dir, model, version, task, tags } => {
+            push::push(&api::Api::from_env()?, &dir, &model, version, &task, &tags).await
+        }
+        Command::Models { command } => models(&api::Api::from_env()?, command).await,
+        Command::Infer { model, request } => {
+            let api = api::Api::from_env()?;
+            let body = match request.strip_prefix('@') {
+                Some(path) => std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?,
+                None => request,
+            };
+            let body: serde_json::Value = serde_json::from_str(&body).context("the request is not JSON")?;
+            let path = format!("/v2/models/{}/infer", model.replace(':', "%3A"));
+            let answer = api.send(api.request(reqwest::Method::POST, &path).json(&body)).await?;
+            println!("{}", serde_json::to_string_pretty(&answer)?);
+            Ok(())
+        }
+    }
+}
+
+async fn models(api: &api::Api, command: ModelsCommand) -> anyhow::Result<()> {
+    use reqwest::Method;
+    match command {
+        ModelsCommand::Show { model } => {
+            let versions = api.send(api.request(Method::GET, &format!("/v1/models/{model}/versions"))).await?;
+            push::show(&versions);
+        }
+        ModelsCommand::Tag { model, alias, version } => {
+            let body = serde_json::json!({ "version": version });
+            api.send(api.request(Method::PUT, &format!("/v1/models/{model}/aliases/{alias}")).json(&body)).await?;
+            println!("{model}:{alias} -> {version}");
+        }
+        ModelsCommand::Rm { model, version, force } => {
+            let query = if force { "?force=true" } else { "" };
+            api.send(api.request(Method::DELETE, &format!("/v1/models/{model}/versions/{version}{query}"))).await?;
+            println!("deleted {model}:{version}");
+        }
+    }
+    Ok(())
+}
+
+async fn keys(bucket: &str, command: KeysCommand) -> anyhow::Result<()> {
+    if bucket.is_empty() {
         bail!("set LMAAS_BUCKET or pass --bucket");
     }
     let s3 = lmaas_aws::config::s3_client(&lmaas_aws::sdk_config().await);
-    let store: Arc<dyn KeyStore> = Arc::new(S3KeyStore::new(s3, cli.bucket));
-    match cli.command {
-        Command::Keys { command: KeysCommand::Create { tenant, scopes, principal, expires } } => {
+    let store: Arc<dyn KeyStore> = Arc::new(S3KeyStore::new(s3, bucket));
+    match command {
+        KeysCommand::Create { tenant, scopes, principal, expires } => {
             let scopes = scopes
                 .iter()
                 .map(|s| Scope::parse(s.trim()).with_context(|| format!("unknown scope '{s}'")))
@@ -75,7 +163,7 @@ async fn main() -> anyhow::Result<()> {
             store.put_key(&api_key_hash(&key), &record).await?;
             println!("{key}");
         }
-        Command::Keys { command: KeysCommand::Ls } => {
+        KeysCommand::Ls => {
             println!("{:<16} {:<20} {:<16} {:<40} {:<12} state", "hash", "principal", "tenant", "scopes", "expires_at");
             for (hash, record) in store.list_keys().await? {
                 let scopes: Vec<&str> = record.scopes.iter().map(|s| s.as_str()).collect();
@@ -95,7 +183,7 @@ async fn main() -> anyhow::Result<()> {
                 );
             }
         }
-        Command::Keys { command: KeysCommand::Revoke { hash_prefix } } => {
+        KeysCommand::Revoke { hash_prefix } => {
             if hash_prefix.len() < 8 {
                 bail!("give at least 8 hex digits of the key's hash (see `lmaas keys ls`)");
             }

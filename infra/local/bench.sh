@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# `make bench`: starts the emulator with the sample models (for the cold-start rows), then runs
-# the handler benchmark and keeps its table in .lmaas/bench/handler.txt.
+# `make bench`: starts the local stack with the sample models (the cold-start rows fetch them
+# from its emulator), then runs the handler benchmark and keeps its table in .lmaas/bench/handler.txt.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$root"
@@ -9,7 +9,7 @@ mkdir -p "$state"
 rm -f "$state/stack.env" "$state/stack.out"
 free_port() { "$root/.lmaas/venv/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 LMAAS_DEV_PORT="$(free_port)" LMAAS_EMULATOR_PORT="$(free_port)" LMAAS_DEV_ENV_FILE="$state/stack.env" \
-  LMAAS_STATE_DIR="$state/stack" infra/local/dev.sh --emulator-only --watch-parent $$ > "$state/stack.out" 2> "$state/stack.log" &
+  LMAAS_STATE_DIR="$state/stack" infra/local/dev.sh --watch-parent $$ > "$state/stack.out" 2> "$state/stack.log" &
 for _ in $(seq 1 600); do
   grep -q "dev stack ready" "$state/stack.out" 2>/dev/null && break
   sleep 0.5

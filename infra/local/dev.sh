@@ -9,12 +9,10 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$root"
 watch_parent=""   # --watch-parent PID: stop when that process exits (tests, benches)
-emulator_only=""  # --emulator-only: S3/SQS with the seeded models, no functions (benches)
 while [ $# -gt 0 ]; do
   case "$1" in
     --watch-parent) watch_parent="$2"; shift 2 ;;
-    --emulator-only) emulator_only=1; shift ;;
-    *) echo "usage: dev.sh [--watch-parent PID] [--emulator-only]" >&2; exit 2 ;;
+    *) echo "usage: dev.sh [--watch-parent PID]" >&2; exit 2 ;;
   esac
 done
 
@@ -63,12 +61,6 @@ wait_for "http://127.0.0.1:$emulator_port/moto-api/" 30 "the emulator"
 export AWS_ENDPOINT_URL="http://127.0.0.1:$emulator_port" AWS_REGION=us-east-1 \
   AWS_ACCESS_KEY_ID=lmaas-local AWS_SECRET_ACCESS_KEY=lmaas-local
 queue_url="$("$venv/bin/python" infra/local/bootstrap.py --bucket "$bucket" --queue lmaas-jobs)"
-log "seeding sample models into s3://$bucket"
-"$venv/bin/python" infra/local/seed_models.py --bucket "$bucket" \
-  --model "mlp=.lmaas/samples/mlp:1:tensor" \
-  --model "dtypes=.lmaas/samples/dtypes:1:tensor" \
-  --model "minilm=.lmaas/samples/minilm:1:embeddings" >&2
-
 
 log "building the functions and the CLI"
 cargo build --workspace --bins >&2
@@ -100,17 +92,16 @@ ENV
 chmod 600 "$env_file.tmp"
 mv "$env_file.tmp" "$env_file"
 
-if [ -n "$emulator_only" ]; then
-  echo "lmaas dev stack ready: emulator only on $AWS_ENDPOINT_URL (env: $env_file)"
-  if [ -n "$watch_parent" ]; then while kill -0 "$watch_parent" 2>/dev/null; do sleep 1; done; else wait -n; fi
-  exit 0
-fi
-
 log "starting cargo lambda watch on 127.0.0.1:$port"
 # --timeout: a queued request waits for the one ahead (a first load of minilm takes seconds).
 cargo lambda watch -A 127.0.0.1 -P "$port" --ignore-changes --timeout 60 --env-file "$env_file" > "$state/watch.log" 2>&1 &
 pids+=($!)
 wait_for "http://127.0.0.1:$port/v2/health/live" 300 "cargo lambda watch"
+log "registering the sample models through the registry API (lmaas push)"
+for sample in mlp:tensor dtypes:tensor minilm:embeddings; do
+  LMAAS_URL="http://127.0.0.1:$port" LMAAS_TOKEN="$token" \
+    target/debug/lmaas push ".lmaas/samples/${sample%%:*}" --model "${sample%%:*}" --version 1 --task "${sample##*:}" >&2
+done
 # Warm both functions so the first real request does not pay their start.
 curl -s -o /dev/null -X POST -H 'content-type: application/json' -H "authorization: Bearer $token" \
   -d @samples/requests/mlp.json "http://127.0.0.1:$port/v2/models/mlp/infer" 2>/dev/null || true

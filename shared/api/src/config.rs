@@ -92,6 +92,8 @@ pub struct InferConfig {
 pub struct ModelsConfig {
     pub bucket: String,
     pub auth: AuthConfig,
+    /// Where commits download and check uploads (`LMAAS_MODEL_CACHE_DIR`/commits).
+    pub scratch_dir: PathBuf,
     pub providers: ExecutionProviders,
     pub alias_ttl: Duration,
 }
@@ -113,7 +115,7 @@ impl InferConfig {
             bucket: required(&env, "LMAAS_BUCKET")?,
             auth: AuthConfig::from_lookup(&env)?,
             cache: CacheConfig {
-                dir: PathBuf::from(optional(&env, "LMAAS_MODEL_CACHE_DIR").unwrap_or_else(|| "/tmp/lmaas".into())),
+                dir: cache_dir(&env),
                 max_bytes: parsed(&env, "LMAAS_MODEL_CACHE_BYTES")?.unwrap_or(1 << 30),
                 providers: providers(&env)?,
             },
@@ -133,10 +135,15 @@ impl ModelsConfig {
         Ok(ModelsConfig {
             bucket: required(&env, "LMAAS_BUCKET")?,
             auth: AuthConfig::from_lookup(&env)?,
+            scratch_dir: cache_dir(&env).join("commits"),
             providers: providers(&env)?,
             alias_ttl: alias_ttl(&env)?,
         })
     }
+}
+
+fn cache_dir(env: &impl Fn(&str) -> Option<String>) -> PathBuf {
+    PathBuf::from(optional(env, "LMAAS_MODEL_CACHE_DIR").unwrap_or_else(|| "/tmp/lmaas".into()))
 }
 
 fn optional(env: &impl Fn(&str) -> Option<String>, name: &str) -> Option<String> {

@@ -10,7 +10,7 @@ use lmaas_core::auth::Authenticator;
 use lmaas_core::{Error, Principal};
 use tracing::Instrument;
 
-use crate::response::v2_error;
+use crate::response::error_response;
 use crate::routes::Route;
 
 pub const REQUEST_ID: &str = "x-request-id";
@@ -55,7 +55,7 @@ where
             handler(Call { route, principal, request }).await
         }
         .await;
-        result.unwrap_or_else(|e| v2_error(&path, e))
+        result.unwrap_or_else(|e| error_response(&path, e))
     }
     .instrument(span)
     .await;

@@ -9,6 +9,7 @@ pub mod context;
 pub mod infer;
 pub mod lambda;
 pub mod models;
+pub mod registry;
 pub mod response;
 pub mod routes;
 pub mod telemetry;

@@ -1,5 +1,5 @@
-//! The models function's service: server metadata, health, and model metadata and readiness read
-//! from the manifests in S3 (no model is loaded here).
+//! The models function's service: server metadata, health, model metadata and readiness read from
+//! the manifests in S3, and the registry (`/v1/models/…`).
 
 use std::sync::Arc;
 
@@ -8,11 +8,12 @@ use http::{Request, Response, StatusCode};
 use lmaas_core::acl::authorize;
 use lmaas_core::auth::Authenticator;
 use lmaas_core::v2::model_metadata;
-use lmaas_core::{Error, ModelResolver, ModelStore};
+use lmaas_core::{Error, ModelResolver, RegistryStore};
 use lmaas_engine::{ExecutionProvider, ExecutionProviders, Runtime};
 use serde_json::{json, Map, Value};
 
 use crate::context::{serve, Call};
+use crate::registry::Registry;
 use crate::response::json;
 use crate::routes::Route;
 use crate::{ConfigError, ModelsConfig};
@@ -21,13 +22,15 @@ use crate::{ConfigError, ModelsConfig};
 pub struct ModelsService {
     authenticator: Authenticator,
     resolver: ModelResolver,
+    registry: Registry,
     execution_provider: &'static str,
 }
 
 impl ModelsService {
-    pub fn new(store: Arc<dyn ModelStore>, authenticator: Authenticator, config: &ModelsConfig) -> Self {
+    pub fn new(store: Arc<dyn RegistryStore>, authenticator: Authenticator, config: &ModelsConfig) -> Self {
         ModelsService {
             authenticator,
+            registry: Registry::new(store.clone(), config.providers.clone(), config.scratch_dir.clone()),
             resolver: ModelResolver::new(store, config.alias_ttl),
             execution_provider: serving_provider(&config.providers),
         }
@@ -77,6 +80,21 @@ impl ModelsService {
                 ))
             }
             Route::Infer(_) => Err(Error::not_found("inference is served by the infer function")),
+            Route::PutVersion(name, version) => {
+                self.registry.put_version(call.principal()?, name, *version, call.request.body()).await
+            }
+            Route::CommitVersion(name, version) => {
+                self.registry.commit(call.principal()?, &self.resolver, name, *version).await
+            }
+            Route::ListVersions(name) => self.registry.list_versions(call.principal()?, name).await,
+            Route::GetVersion(name, version) => self.registry.get_version(call.principal()?, name, *version).await,
+            Route::DeleteVersion(name, version) => {
+                let force = call.request.uri().query().is_some_and(|q| q.split('&').any(|p| p == "force=true"));
+                self.registry.delete_version(call.principal()?, &self.resolver, name, *version, force).await
+            }
+            Route::PutAlias(name, alias) => {
+                self.registry.put_alias(call.principal()?, &self.resolver, name, alias, call.request.body()).await
+            }
         }
     }
 }

@@ -3,7 +3,7 @@
 
 use http::Method;
 use lmaas_core::acl::Access;
-use lmaas_core::{Error, ModelRef, Scope};
+use lmaas_core::{AliasName, Error, ModelName, ModelRef, Scope, Version};
 
 /// A request's route, with its model reference parsed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -14,6 +14,14 @@ pub enum Route {
     ModelMetadata(ModelRef),
     ModelReady(ModelRef),
     Infer(ModelRef),
+    /// `PUT /v1/models/{model}/versions/{version}`: declare a version, get upload URLs.
+    PutVersion(ModelName, Version),
+    /// `POST /v1/models/{model}/versions/{version}/commit`: verify, validate, make ready.
+    CommitVersion(ModelName, Version),
+    GetVersion(ModelName, Version),
+    DeleteVersion(ModelName, Version),
+    ListVersions(ModelName),
+    PutAlias(ModelName, AliasName),
 }
 
 impl Route {
@@ -24,6 +32,7 @@ impl Route {
             ["v2"] => (Route::ServerMetadata, Method::GET),
             ["v2", "health", "live"] => (Route::HealthLive, Method::GET),
             ["v2", "health", "ready"] => (Route::HealthReady, Method::GET),
+            ["v1", "models", model, rest @ ..] => return registry_route(method, path, model, rest),
             ["v2", "models", model, rest @ ..] => {
                 let (version, action) = match rest {
                     ["versions", version, action @ ..] => (Some(*version), action),
@@ -53,6 +62,10 @@ impl Route {
             Route::ServerMetadata | Route::HealthLive | Route::HealthReady => None,
             Route::ModelMetadata(_) | Route::ModelReady(_) => Some(Scope::ModelsRead),
             Route::Infer(_) => Some(Scope::Infer),
+            Route::GetVersion(..) | Route::ListVersions(_) => Some(Scope::ModelsRead),
+            Route::PutVersion(..) | Route::CommitVersion(..) | Route::DeleteVersion(..) | Route::PutAlias(..) => {
+                Some(Scope::ModelsWrite)
+            }
         }
     }
 
@@ -62,6 +75,28 @@ impl Route {
             Route::Infer(_) => Access::Invoke,
             _ => Access::Read,
         }
+    }
+}
+
+fn registry_route(method: &Method, path: &str, model: &str, rest: &[&str]) -> Result<Route, Error> {
+    let name = ModelName::parse(model)?;
+    let version = |raw: &str| match lmaas_core::Tag::parse(raw)? {
+        lmaas_core::Tag::Version(v) => Ok(v),
+        lmaas_core::Tag::Alias(_) => Err(Error::bad_request(format!("'{raw}' is not a version number"))),
+    };
+    let wrong_method = |allowed: &str| Err(Error::bad_request(format!("{path} takes {allowed}, not {method}")));
+    match (rest, method.clone()) {
+        (["versions"], Method::GET) => Ok(Route::ListVersions(name)),
+        (["versions"], _) => wrong_method("GET"),
+        (["versions", v], Method::GET) => Ok(Route::GetVersion(name, version(v)?)),
+        (["versions", v], Method::PUT) => Ok(Route::PutVersion(name, version(v)?)),
+        (["versions", v], Method::DELETE) => Ok(Route::DeleteVersion(name, version(v)?)),
+        (["versions", _], _) => wrong_method("GET, PUT or DELETE"),
+        (["versions", v, "commit"], Method::POST) => Ok(Route::CommitVersion(name, version(v)?)),
+        (["versions", _, "commit"], _) => wrong_method("POST"),
+        (["aliases", a], Method::PUT) => Ok(Route::PutAlias(name, AliasName::parse(a)?)),
+        (["aliases", _], _) => wrong_method("PUT"),
+        _ => Err(no_route(method, path)),
     }
 }
 
@@ -116,6 +151,22 @@ mod tests {
         assert_eq!(route(Method::GET, "/v2/models/m").unwrap().required_scope(), Some(Scope::ModelsRead));
         assert_eq!(route(Method::GET, "/v2/models/m/ready").unwrap().required_scope(), Some(Scope::ModelsRead));
         assert_eq!(route(Method::POST, "/v2/models/m/infer").unwrap().required_scope(), Some(Scope::Infer));
+    }
+
+    #[test]
+    fn registry_paths_map_to_routes_and_need_the_write_scope_to_change_anything() {
+        let put = route(Method::PUT, "/v1/models/mlp/versions/2").unwrap();
+        assert_eq!(put, Route::PutVersion(ModelName::parse("mlp").unwrap(), Version::new(2).unwrap()));
+        assert_eq!(put.required_scope(), Some(Scope::ModelsWrite));
+        assert_eq!(route(Method::GET, "/v1/models/mlp/versions").unwrap().required_scope(), Some(Scope::ModelsRead));
+        assert!(matches!(route(Method::POST, "/v1/models/mlp/versions/2/commit"), Ok(Route::CommitVersion(..))));
+        assert!(matches!(route(Method::PUT, "/v1/models/mlp/aliases/prod"), Ok(Route::PutAlias(..))));
+        assert!(
+            matches!(route(Method::PUT, "/v1/models/mlp/versions/latest"), Err(Error::BadRequest(m)) if m.contains("not a version"))
+        );
+        assert!(
+            matches!(route(Method::POST, "/v1/models/mlp/versions/1"), Err(Error::BadRequest(m)) if m.contains("GET, PUT or DELETE"))
+        );
     }
 
     #[test]

@@ -2,12 +2,15 @@
 //! `models/{model}/versions/{version}/manifest.json`, `…/files/{file}`, `models/{model}/aliases/{alias}.json`.
 
 use std::path::Path;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_s3::error::{DisplayErrorContext, SdkError};
 use aws_sdk_s3::operation::get_object::GetObjectError;
+use aws_sdk_s3::presigning::PresigningConfig;
+use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::Client;
-use lmaas_core::{AliasName, Manifest, ModelName, ModelStore, StoreError, Version};
+use lmaas_core::{AliasName, Manifest, ModelName, ModelStore, RegistryStore, StoreError, Version};
 use serde::Deserialize;
 use tokio::io::AsyncWriteExt;
 
@@ -101,5 +104,147 @@ impl ModelStore for S3ModelStore {
             .await
             .map(|_| ())
             .map_err(|e| StoreError(format!("bucket {} is not reachable: {}", self.bucket, DisplayErrorContext(&e))))
+    }
+}
+
+#[async_trait]
+impl RegistryStore for S3ModelStore {
+    async fn put_manifest(&self, manifest: &Manifest, create_only: bool) -> Result<bool, StoreError> {
+        let key = Self::manifest_key(&manifest.name, manifest.version);
+        let body = serde_json::to_vec_pretty(manifest).map_err(|e| StoreError(e.to_string()))?;
+        let mut request = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(&key)
+            .content_type("application/json")
+            .body(ByteStream::from(body));
+        if create_only {
+            request = request.if_none_match("*");
+        }
+        match request.send().await {
+            Ok(_) => Ok(true),
+            Err(SdkError::ServiceError(e)) if e.raw().status().as_u16() == 412 => Ok(false),
+            Err(e) => Err(StoreError(format!("writing s3://{}/{key}: {}", self.bucket, DisplayErrorContext(&e)))),
+        }
+    }
+
+    async fn versions(&self, name: &ModelName) -> Result<Vec<Version>, StoreError> {
+        let prefix = format!("models/{name}/versions/");
+        let mut versions: Vec<Version> = self
+            .list(&prefix, Some("/"))
+            .await?
+            .iter()
+            .filter_map(|p| p.strip_prefix(&prefix)?.strip_suffix('/')?.parse::<u32>().ok())
+            .filter_map(|n| Version::new(n).ok())
+            .collect();
+        versions.sort();
+        Ok(versions)
+    }
+
+    async fn aliases(&self, name: &ModelName) -> Result<Vec<(AliasName, Version)>, StoreError> {
+        let prefix = format!("models/{name}/aliases/");
+        let mut aliases = Vec::new();
+        for key in self.list(&prefix, None).await? {
+            let Some(alias) = key.strip_prefix(&prefix).and_then(|k| k.strip_suffix(".json")) else { continue };
+            let Ok(alias) = AliasName::parse(alias) else { continue };
+            if let Some(version) = self.alias(name, &alias).await? {
+                aliases.push((alias, version));
+            }
+        }
+        Ok(aliases)
+    }
+
+    async fn put_alias(&self, name: &ModelName, alias: &AliasName, version: Version) -> Result<(), StoreError> {
+        let key = Self::alias_key(name, alias);
+        let body =
+            serde_json::to_vec(&serde_json::json!({ "version": version })).map_err(|e| StoreError(e.to_string()))?;
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(&key)
+            .content_type("application/json")
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| StoreError(format!("writing s3://{}/{key}: {}", self.bucket, DisplayErrorContext(&e))))
+    }
+
+    async fn delete_alias(&self, name: &ModelName, alias: &AliasName) -> Result<(), StoreError> {
+        self.delete(&Self::alias_key(name, alias)).await
+    }
+
+    async fn delete_version(&self, name: &ModelName, version: Version) -> Result<(), StoreError> {
+        self.delete(&Self::manifest_key(name, version)).await?;
+        for key in self.list(&format!("models/{name}/versions/{version}/"), None).await? {
+            self.delete(&key).await?;
+        }
+        Ok(())
+    }
+
+    async fn file_size(&self, name: &ModelName, version: Version, file: &str) -> Result<Option<u64>, StoreError> {
+        let key = Self::file_key(name, version, file);
+        match self.client.head_object().bucket(&self.bucket).key(&key).send().await {
+            Ok(head) => Ok(Some(head.content_length().unwrap_or(0).max(0) as u64)),
+            Err(SdkError::ServiceError(e)) if e.raw().status().as_u16() == 404 => Ok(None),
+            Err(e) => Err(StoreError(format!("head s3://{}/{key}: {}", self.bucket, DisplayErrorContext(&e)))),
+        }
+    }
+
+    async fn presign_upload(
+        &self,
+        name: &ModelName,
+        version: Version,
+        file: &str,
+        size: u64,
+        expires_in: Duration,
+    ) -> Result<String, StoreError> {
+        let key = Self::file_key(name, version, file);
+        let config = PresigningConfig::expires_in(expires_in).map_err(|e| StoreError(e.to_string()))?;
+        let presigned = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(&key)
+            .content_length(size as i64)
+            .presigned(config)
+            .await
+            .map_err(|e| StoreError(format!("presigning s3://{}/{key}: {}", self.bucket, DisplayErrorContext(&e))))?;
+        Ok(presigned.uri().to_string())
+    }
+}
+
+impl S3ModelStore {
+    /// Keys under `prefix`; with a delimiter, the common prefixes one level down instead.
+    async fn list(&self, prefix: &str, delimiter: Option<&str>) -> Result<Vec<String>, StoreError> {
+        let mut request = self.client.list_objects_v2().bucket(&self.bucket).prefix(prefix);
+        if let Some(delimiter) = delimiter {
+            request = request.delimiter(delimiter);
+        }
+        let mut pages = request.into_paginator().send();
+        let mut out = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| {
+                StoreError(format!("listing s3://{}/{prefix}: {}", self.bucket, DisplayErrorContext(&e)))
+            })?;
+            if delimiter.is_some() {
+                out.extend(page.common_prefixes().iter().filter_map(|p| p.prefix().map(str::to_string)));
+            } else {
+                out.extend(page.contents().iter().filter_map(|o| o.key().map(str::to_string)));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| StoreError(format!("deleting s3://{}/{key}: {}", self.bucket, DisplayErrorContext(&e))))
     }
 }

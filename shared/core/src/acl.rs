@@ -21,6 +21,8 @@ pub struct Acl {
 pub enum Access {
     Read,
     Invoke,
+    /// Change the model (new versions, aliases, deletes): its owner tenant only.
+    Write,
 }
 
 fn grants(entries: &[String], principal: &Principal) -> bool {
@@ -43,9 +45,13 @@ pub fn authorize(principal: &Principal, manifest: &Manifest, access: Access) -> 
     let allowed = match access {
         Access::Read => read,
         Access::Invoke => invoke,
+        Access::Write => owner,
     };
     match (allowed, read) {
         (true, _) => Ok(()),
+        (false, true) if access == Access::Write => {
+            Err(Error::Forbidden(format!("model '{}' belongs to another tenant", manifest.name)))
+        }
         (false, true) => Err(Error::Forbidden(format!("you may read model '{}' but not invoke it", manifest.name))),
         (false, false) => Err(Error::not_found(format!("model '{}' does not exist", manifest.name))),
     }

@@ -21,6 +21,12 @@ pub enum Error {
     /// The model, version or route does not exist, or is not servable (404).
     #[error("{0}")]
     NotFound(String),
+    /// The request conflicts with the current state, e.g. a version that already exists (409).
+    #[error("{0}")]
+    Conflict(String),
+    /// An uploaded model version failed validation; the message lists every problem (422).
+    #[error("{0}")]
+    InvalidModel(String),
     /// The request body is larger than allowed (413).
     #[error("{0}")]
     PayloadTooLarge(String),

@@ -20,5 +20,5 @@ pub use limits::Limits;
 pub use manifest::{Manifest, ModelState, TensorSpec};
 pub use names::{AliasName, ModelName, ModelRef, Tag, Version};
 pub use resolver::ModelResolver;
-pub use store::{MemoryModelStore, ModelStore, StoreError};
+pub use store::{MemoryModelStore, ModelStore, RegistryStore, StoreError};
 pub use tensor::{DataType, Tensor, TensorData};

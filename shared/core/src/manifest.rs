@@ -60,6 +60,9 @@ pub struct Manifest {
     pub config: serde_json::Value,
     #[serde(default)]
     pub acl: Acl,
+    /// Why a version was rejected at commit; empty otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
 }
 
 fn default_platform() -> String {
@@ -92,6 +95,7 @@ impl Manifest {
             tenant: None,
             config: serde_json::Value::Null,
             acl: Acl::default(),
+            problems: Vec::new(),
         }
     }
 

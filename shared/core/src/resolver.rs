@@ -53,6 +53,12 @@ impl ModelResolver {
         Ok(manifest)
     }
 
+    /// Drops what is cached for a model, after the registry changed it in this process.
+    pub fn forget(&self, name: &ModelName) {
+        self.manifests.lock().expect("resolver lock").retain(|(n, _), _| n != name);
+        self.aliases.lock().expect("resolver lock").retain(|(n, _), _| n != name);
+    }
+
     async fn alias_version(&self, name: &ModelName, alias: &crate::AliasName) -> Result<Version, Error> {
         let key = (name.clone(), alias.as_str().to_string());
         if let Some((version, at)) = self.aliases.lock().expect("resolver lock").get(&key) {

@@ -28,6 +28,33 @@ pub trait ModelStore: Send + Sync {
     async fn ping(&self) -> Result<(), StoreError>;
 }
 
+/// Write access for the registry: versions, aliases and direct uploads.
+#[async_trait]
+pub trait RegistryStore: ModelStore {
+    /// Writes a manifest. With `create_only` nothing is overwritten (an If-None-Match write) and
+    /// the answer is `false` when a manifest was already there.
+    async fn put_manifest(&self, manifest: &Manifest, create_only: bool) -> Result<bool, StoreError>;
+    /// Every version of a model that has a manifest, ascending.
+    async fn versions(&self, name: &ModelName) -> Result<Vec<Version>, StoreError>;
+    /// Every alias of a model with the version it points at.
+    async fn aliases(&self, name: &ModelName) -> Result<Vec<(AliasName, Version)>, StoreError>;
+    async fn put_alias(&self, name: &ModelName, alias: &AliasName, version: Version) -> Result<(), StoreError>;
+    async fn delete_alias(&self, name: &ModelName, alias: &AliasName) -> Result<(), StoreError>;
+    /// Deletes a version: its manifest first (so it stops being served), then its files.
+    async fn delete_version(&self, name: &ModelName, version: Version) -> Result<(), StoreError>;
+    /// The size of an uploaded file, or `None` if it was not uploaded.
+    async fn file_size(&self, name: &ModelName, version: Version, file: &str) -> Result<Option<u64>, StoreError>;
+    /// A URL the client can PUT one file to directly, valid for `expires_in`.
+    async fn presign_upload(
+        &self,
+        name: &ModelName,
+        version: Version,
+        file: &str,
+        size: u64,
+        expires_in: std::time::Duration,
+    ) -> Result<String, StoreError>;
+}
+
 /// An in-memory store: manifests, aliases and file contents in maps.
 #[derive(Default, Clone)]
 pub struct MemoryModelStore {

@@ -189,6 +189,12 @@ impl FetchError {
     }
 }
 
+/// Checks a file's size and sha256 against what its manifest declares; the message says what
+/// differs (the registry's commit uses the same check as the cache).
+pub async fn verify_file(path: &Path, name: &str, size: u64, sha256: &str) -> Result<(), String> {
+    verify(path, name, size, sha256).await.map_err(|e| e.reason)
+}
+
 async fn verify(path: &Path, name: &str, size: u64, sha256: &str) -> Result<(), FetchError> {
     let io = |e: std::io::Error| FetchError {
         reason: "the local disk failed".into(),

@@ -4,11 +4,11 @@
 use std::path::Path;
 use std::sync::Mutex;
 
-use lmaas_core::{DataType, Tensor, TensorData};
+use lmaas_core::{DataType, Tensor, TensorData, TensorSpec};
 use ort::ep::ExecutionProvider as _;
 use ort::memory::Allocator;
 use ort::session::{OutputSelector, RunOptions, Session};
-use ort::value::{DynTensor, DynTensorValueType, DynValue, TensorElementType};
+use ort::value::{DynTensor, DynTensorValueType, DynValue, TensorElementType, ValueType};
 
 use crate::{EngineError, ExecutionProvider, ExecutionProviders, Runtime};
 
@@ -66,6 +66,26 @@ impl LoadedModel {
         })?;
         tracing::info!(execution_provider = %chosen, threads, "model session created");
         Ok(LoadedModel { session: Mutex::new(session), execution_provider: chosen, bytes })
+    }
+
+    /// The model's inputs and outputs as ONNX Runtime sees them (`-1` for dynamic dims); `None`
+    /// for a value that is not a tensor of a type lmaas serves.
+    pub fn signature(&self) -> Result<(Vec<TensorSpec>, Vec<TensorSpec>), String> {
+        let session = self.session.lock().map_err(|_| "session lock poisoned".to_string())?;
+        let specs = |outlets: &[ort::value::Outlet]| {
+            outlets
+                .iter()
+                .map(|outlet| match outlet.dtype() {
+                    ValueType::Tensor { ty, shape, .. } => datatype(*ty)
+                        .map(|datatype| TensorSpec { name: outlet.name().to_string(), datatype, shape: shape.to_vec() })
+                        .ok_or_else(|| {
+                            format!("'{}' has element type {ty:?}, which lmaas does not serve", outlet.name())
+                        }),
+                    other => Err(format!("'{}' is a {other:?}, not a tensor", outlet.name())),
+                })
+                .collect::<Result<Vec<_>, String>>()
+        };
+        Ok((specs(session.inputs())?, specs(session.outputs())?))
     }
 
     pub fn execution_provider(&self) -> ExecutionProvider {

@@ -1,0 +1,130 @@
+//! `lmaas push`: hash a model folder, declare the version, upload each file straight to S3 through
+//! its presigned URL with a progress bar, commit, and tag.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{bail, Context};
+use futures_util::StreamExt;
+use indicatif::{ProgressBar, ProgressStyle};
+use reqwest::Method;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncReadExt;
+use tokio_util::io::ReaderStream;
+
+use crate::api::Api;
+
+pub async fn push(api: &Api, dir: &Path, model: &str, version: u32, task: &str, tags: &[String]) -> anyhow::Result<()> {
+    let mut files = BTreeMap::new();
+    let mut entries: Vec<_> =
+        std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?.collect::<Result<_, _>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        if !entry.file_type()?.is_file() {
+            continue;
+        }
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let (sha256, size) = hash(&entry.path()).await?;
+        files.insert(name, json!({ "sha256": sha256, "size": size }));
+    }
+    if !files.contains_key("model.onnx") {
+        bail!("{} has no model.onnx", dir.display());
+    }
+    let declared = api
+        .send(
+            api.request(Method::PUT, &format!("/v1/models/{model}/versions/{version}"))
+                .json(&json!({ "files": files, "task": task })),
+        )
+        .await
+        .context("declaring the version")?;
+    for (name, upload) in declared["uploads"].as_object().context("the API returned no upload URLs")? {
+        let url = upload["url"].as_str().context("an upload has no URL")?;
+        upload_file(api, &dir.join(name), name, url).await?;
+    }
+    let manifest = api
+        .send(api.request(Method::POST, &format!("/v1/models/{model}/versions/{version}/commit")))
+        .await
+        .context("committing the version")?;
+    for tag in tags {
+        api.send(
+            api.request(Method::PUT, &format!("/v1/models/{model}/aliases/{tag}")).json(&json!({ "version": version })),
+        )
+        .await
+        .with_context(|| format!("tagging version {version} as {tag}"))?;
+    }
+    let inputs = manifest["inputs"].as_array().map_or(0, Vec::len);
+    println!("{model}:{version} is {} ({inputs} inputs){}", manifest["state"].as_str().unwrap_or("?"), tag_note(tags));
+    Ok(())
+}
+
+fn tag_note(tags: &[String]) -> String {
+    if tags.is_empty() {
+        String::new()
+    } else {
+        format!(", tagged {}", tags.join(", "))
+    }
+}
+
+async fn hash(path: &Path) -> anyhow::Result<(String, u64)> {
+    let mut file = tokio::fs::File::open(path).await.with_context(|| format!("opening {}", path.display()))?;
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = file.read(&mut buffer).await?;
+        if n == 0 {
+            break;
+        }
+        size += n as u64;
+        hasher.update(&buffer[..n]);
+    }
+    Ok((hex::encode(hasher.finalize()), size))
+}
+
+async fn upload_file(api: &Api, path: &Path, name: &str, url: &str) -> anyhow::Result<()> {
+    let file = tokio::fs::File::open(path).await?;
+    let size = file.metadata().await?.len();
+    let bar = ProgressBar::new(size).with_message(name.to_string());
+    bar.set_style(
+        ProgressStyle::with_template("{msg:>16} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}")?
+            .progress_chars("=> "),
+    );
+    let progress = bar.clone();
+    let stream = ReaderStream::new(file).inspect(move |chunk| {
+        if let Ok(bytes) = chunk {
+            progress.inc(bytes.len() as u64);
+        }
+    });
+    let body = reqwest::Body::wrap_stream(stream);
+    let response = api
+        .http
+        .put(url)
+        .header("content-length", size)
+        .body(body)
+        .send()
+        .await
+        .with_context(|| format!("uploading {name}"))?;
+    bar.finish();
+    if !response.status().is_success() {
+        let text = response.text().await.unwrap_or_default();
+        bail!("uploading {name} was refused: {}", text.chars().take(300).collect::<String>());
+    }
+    Ok(())
+}
+
+pub fn show(versions: &Value) {
+    let aliases = versions["aliases"].as_object().cloned().unwrap_or_default();
+    for version in versions["data"].as_array().into_iter().flatten() {
+        let number = &version["version"];
+        let tags: Vec<&str> = aliases.iter().filter(|(_, v)| *v == number).map(|(a, _)| a.as_str()).collect();
+        println!(
+            "{:>4}  {:<9} {:<11} {:>12} bytes  {}",
+            number,
+            version["state"].as_str().unwrap_or("?"),
+            version["task"].as_str().unwrap_or("?"),
+            version["files"].as_object().map_or(0, |f| f.values().filter_map(|e| e["size"].as_u64()).sum::<u64>()),
+            tags.join(",")
+        );
+    }
+}

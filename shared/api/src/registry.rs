@@ -1,0 +1,456 @@
+//! The model registry (`/v1/models/{model}/…`): declare a version and get presigned upload URLs
+//! (bodies through Lambda cap at 6 MB; models don't), commit it (checksums, ONNX validation,
+//! ONNX Runtime as the final proof), list, get, delete, and move aliases.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Response, StatusCode};
+use lmaas_core::acl::{authorize, Access, Acl};
+use lmaas_core::manifest::{FileEntry, Task, MODEL_FILE};
+use lmaas_core::{AliasName, Error, Manifest, ModelName, ModelResolver, ModelState, Principal, RegistryStore, Version};
+use lmaas_engine::{ExecutionProviders, LoadedModel};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::response::json;
+
+/// How long a presigned upload URL stays valid.
+const UPLOAD_TTL: Duration = Duration::from_secs(15 * 60);
+/// Files a version may declare: enough for a model, its tokenizer, its config and external data.
+const MAX_FILES: usize = 16;
+/// Largest file a version may declare.
+const MAX_FILE_BYTES: u64 = 8 << 30;
+
+/// Registry operations over the store; the models function serves them.
+pub struct Registry {
+    store: Arc<dyn RegistryStore>,
+    providers: ExecutionProviders,
+    scratch: PathBuf,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PutVersionBody {
+    files: BTreeMap<String, FileEntry>,
+    task: Task,
+    #[serde(default)]
+    config: Value,
+    #[serde(default)]
+    acl: Acl,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PutAliasBody {
+    version: Version,
+}
+
+/// `lmaas.json`: how an embeddings model's outputs become embeddings.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)] // read for validation now; the embeddings route uses it
+struct TaskConfig {
+    #[serde(default)]
+    pooling: Option<Pooling>,
+    #[serde(default)]
+    normalize: Option<bool>,
+    #[serde(default)]
+    max_tokens: Option<u32>,
+    #[serde(default)]
+    output: Option<String>,
+    #[serde(default)]
+    dimensions: Option<Vec<u32>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Pooling {
+    Mean,
+    Cls,
+}
+
+impl Registry {
+    pub fn new(store: Arc<dyn RegistryStore>, providers: ExecutionProviders, scratch: PathBuf) -> Self {
+        Registry { store, providers, scratch }
+    }
+
+    /// `PUT /v1/models/{model}/versions/{version}`: records a pending version owned by the
+    /// caller's tenant and answers 201 with one presigned PUT URL per declared file.
+    pub async fn put_version(
+        &self,
+        principal: &Principal,
+        name: &ModelName,
+        version: Version,
+        body: &[u8],
+    ) -> Result<Response<Bytes>, Error> {
+        let body: PutVersionBody = serde_json::from_slice(body)
+            .map_err(|e| Error::bad_request(format!("invalid version declaration: {e}")))?;
+        check_files(&body.files)?;
+        self.check_name_is_ours(principal, name).await?;
+        if let Some(existing) = self.store.manifest(name, version).await.map_err(store_error)? {
+            if existing.state == ModelState::Ready {
+                return Err(Error::Conflict(format!("model '{name}' version {version} already exists and is ready")));
+            }
+        }
+        let mut manifest = Manifest::ready(name.clone(), version, body.task, body.files, vec![], vec![]);
+        manifest.state = ModelState::Pending;
+        manifest.tenant = Some(principal.tenant.clone());
+        manifest.config = body.config;
+        manifest.acl = body.acl;
+        manifest.created_at = now_rfc3339();
+        self.store.put_manifest(&manifest, false).await.map_err(store_error)?;
+        let expires_at = rfc3339(lmaas_core::auth::now_seconds() + UPLOAD_TTL.as_secs());
+        let mut uploads = serde_json::Map::new();
+        for (file, entry) in &manifest.files {
+            let url =
+                self.store.presign_upload(name, version, file, entry.size, UPLOAD_TTL).await.map_err(store_error)?;
+            uploads.insert(file.clone(), json!({ "url": url, "expires_at": expires_at }));
+        }
+        tracing::info!(model = %name, %version, files = manifest.files.len(), "version declared");
+        Ok(json(
+            StatusCode::CREATED,
+            &json!({ "name": name, "version": version, "state": "pending", "uploads": uploads }),
+        ))
+    }
+
+    /// `POST …/commit`: every file present with its declared size and sha256, the model valid
+    /// and loadable by ONNX Runtime, then ready and `latest`; otherwise rejected, with every
+    /// problem named (422). Committing a ready version again answers its manifest.
+    pub async fn commit(
+        &self,
+        principal: &Principal,
+        resolver: &ModelResolver,
+        name: &ModelName,
+        version: Version,
+    ) -> Result<Response<Bytes>, Error> {
+        let mut manifest = self.owned_manifest(principal, name, version).await?;
+        if manifest.state == ModelState::Ready {
+            return Ok(json(StatusCode::OK, &manifest_json(&manifest)));
+        }
+        let scratch = self.scratch.join(format!("commit-{}-{}-{}", name, version, random_suffix()));
+        let outcome = self.check_version(&manifest, &scratch).await;
+        let _ = tokio::fs::remove_dir_all(&scratch).await;
+        match outcome {
+            Ok((inputs, outputs)) => {
+                manifest.state = ModelState::Ready;
+                manifest.inputs = inputs;
+                manifest.outputs = outputs;
+                manifest.problems.clear();
+                self.store.put_manifest(&manifest, false).await.map_err(store_error)?;
+                self.store.put_alias(name, &AliasName::latest(), version).await.map_err(store_error)?;
+                resolver.forget(name);
+                tracing::info!(model = %name, %version, "version committed");
+                Ok(json(StatusCode::OK, &manifest_json(&manifest)))
+            }
+            Err(problems) => {
+                manifest.state = ModelState::Rejected;
+                manifest.problems = problems.clone();
+                self.store.put_manifest(&manifest, false).await.map_err(store_error)?;
+                tracing::warn!(model = %name, %version, problems = problems.len(), "version rejected");
+                Err(Error::InvalidModel(format!(
+                    "model '{name}' version {version} was rejected: {}",
+                    problems.join("; ")
+                )))
+            }
+        }
+    }
+
+    /// `GET /v1/models/{model}/versions`: the versions the caller may read, with aliases.
+    pub async fn list_versions(&self, principal: &Principal, name: &ModelName) -> Result<Response<Bytes>, Error> {
+        let mut data = Vec::new();
+        for version in self.store.versions(name).await.map_err(store_error)? {
+            if let Some(manifest) = self.store.manifest(name, version).await.map_err(store_error)? {
+                if authorize(principal, &manifest, Access::Read).is_ok() {
+                    data.push(manifest_json(&manifest));
+                }
+            }
+        }
+        if data.is_empty() {
+            return Err(Error::not_found(format!("model '{name}' does not exist")));
+        }
+        let aliases: serde_json::Map<String, Value> = self
+            .store
+            .aliases(name)
+            .await
+            .map_err(store_error)?
+            .into_iter()
+            .map(|(alias, version)| (alias.as_str().to_string(), json!(version)))
+            .collect();
+        Ok(json(StatusCode::OK, &json!({ "object": "list", "data": data, "aliases": aliases })))
+    }
+
+    /// `GET /v1/models/{model}/versions/{version}`: the manifest, in any state.
+    pub async fn get_version(
+        &self,
+        principal: &Principal,
+        name: &ModelName,
+        version: Version,
+    ) -> Result<Response<Bytes>, Error> {
+        let manifest =
+            self.store.manifest(name, version).await.map_err(store_error)?.ok_or_else(|| missing(name, version))?;
+        authorize(principal, &manifest, Access::Read).map_err(|_| missing(name, version))?;
+        Ok(json(StatusCode::OK, &manifest_json(&manifest)))
+    }
+
+    /// `DELETE /v1/models/{model}/versions/{version}[?force=true]`: refused (409) while an alias
+    /// points at the version, unless forced, which removes those aliases too.
+    pub async fn delete_version(
+        &self,
+        principal: &Principal,
+        resolver: &ModelResolver,
+        name: &ModelName,
+        version: Version,
+        force: bool,
+    ) -> Result<Response<Bytes>, Error> {
+        self.owned_manifest(principal, name, version).await?;
+        let pointing: Vec<AliasName> = self
+            .store
+            .aliases(name)
+            .await
+            .map_err(store_error)?
+            .into_iter()
+            .filter(|(_, v)| *v == version)
+            .map(|(alias, _)| alias)
+            .collect();
+        if !pointing.is_empty() && !force {
+            let names: Vec<&str> = pointing.iter().map(|a| a.as_str()).collect();
+            return Err(Error::Conflict(format!(
+                "aliases {} point at version {version}; move them first or delete with ?force=true",
+                names.join(", ")
+            )));
+        }
+        for alias in &pointing {
+            self.store.delete_alias(name, alias).await.map_err(store_error)?;
+        }
+        self.store.delete_version(name, version).await.map_err(store_error)?;
+        resolver.forget(name);
+        tracing::info!(model = %name, %version, forced = force, "version deleted");
+        Ok(json(StatusCode::OK, &json!({ "name": name, "version": version, "deleted": true })))
+    }
+
+    /// `PUT /v1/models/{model}/aliases/{alias}` `{version}`: points an alias at a ready version.
+    pub async fn put_alias(
+        &self,
+        principal: &Principal,
+        resolver: &ModelResolver,
+        name: &ModelName,
+        alias: &AliasName,
+        body: &[u8],
+    ) -> Result<Response<Bytes>, Error> {
+        let body: PutAliasBody =
+            serde_json::from_slice(body).map_err(|e| Error::bad_request(format!("invalid alias body: {e}")))?;
+        let manifest = self.owned_manifest(principal, name, body.version).await?;
+        if manifest.state != ModelState::Ready {
+            return Err(Error::Conflict(format!("version {} is {:?}, not ready", body.version, manifest.state)));
+        }
+        self.store.put_alias(name, alias, body.version).await.map_err(store_error)?;
+        resolver.forget(name);
+        Ok(json(StatusCode::OK, &json!({ "name": name, "alias": alias.as_str(), "version": body.version })))
+    }
+
+    /// The manifest of a version the caller may change; others' versions are 404 (or 403 when
+    /// the caller can read them).
+    async fn owned_manifest(
+        &self,
+        principal: &Principal,
+        name: &ModelName,
+        version: Version,
+    ) -> Result<Manifest, Error> {
+        let manifest =
+            self.store.manifest(name, version).await.map_err(store_error)?.ok_or_else(|| missing(name, version))?;
+        authorize(principal, &manifest, Access::Write).map_err(|e| match e {
+            Error::NotFound(_) => missing(name, version),
+            other => other,
+        })?;
+        Ok(manifest)
+    }
+
+    /// A model name belongs to the tenant that created its first version.
+    async fn check_name_is_ours(&self, principal: &Principal, name: &ModelName) -> Result<(), Error> {
+        let versions = self.store.versions(name).await.map_err(store_error)?;
+        for version in versions {
+            if let Some(manifest) = self.store.manifest(name, version).await.map_err(store_error)? {
+                return authorize(principal, &manifest, Access::Write)
+                    .map_err(|_| Error::Conflict(format!("the model name '{name}' is taken")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Downloads and checks every file; returns the model's signature or every problem found.
+    async fn check_version(
+        &self,
+        manifest: &Manifest,
+        scratch: &Path,
+    ) -> Result<(Vec<lmaas_core::TensorSpec>, Vec<lmaas_core::TensorSpec>), Vec<String>> {
+        let (name, version) = (&manifest.name, manifest.version);
+        let internal = |e: String| {
+            tracing::error!(model = %name, %version, error = %e, "commit could not read the upload");
+            vec!["the uploaded files could not be read; try the commit again".to_string()]
+        };
+        tokio::fs::create_dir_all(scratch).await.map_err(|e| internal(e.to_string()))?;
+        let mut problems = Vec::new();
+        for (file, entry) in &manifest.files {
+            match self.store.file_size(name, version, file).await.map_err(|e| internal(e.0))? {
+                None => problems.push(format!("{file} was not uploaded")),
+                Some(size) if size != entry.size => problems.push(format!(
+                    "{file} is {size} bytes but was declared as {} (truncated or wrong file)",
+                    entry.size
+                )),
+                Some(_) => {
+                    let path = scratch.join(file);
+                    self.store.download(name, version, file, &path).await.map_err(|e| internal(e.0))?;
+                    if let Err(reason) = lmaas_engine::cache::verify_file(&path, file, entry.size, &entry.sha256).await
+                    {
+                        problems.push(reason);
+                    }
+                }
+            }
+        }
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        let model = tokio::fs::read(scratch.join(MODEL_FILE)).await.map_err(|e| internal(e.to_string()))?;
+        let others = manifest.files.keys().filter(|f| *f != MODEL_FILE).cloned().collect();
+        let onnx_problems = lmaas_onnx::validate(&model, &others, &lmaas_onnx::ValidationLimits::default());
+        problems.extend(onnx_problems.into_iter().map(|p| format!("{} {}", p.file, p.message)));
+        drop(model);
+        if manifest.files.contains_key("tokenizer.json") {
+            let raw = tokio::fs::read(scratch.join("tokenizer.json")).await.map_err(|e| internal(e.to_string()))?;
+            match serde_json::from_slice::<Value>(&raw) {
+                Ok(tokenizer) if tokenizer.get("model").is_some_and(Value::is_object) => {}
+                Ok(_) => problems.push("tokenizer.json is not a Hugging Face tokenizer (it has no 'model')".into()),
+                Err(e) => problems.push(format!("tokenizer.json is not valid JSON: {e}")),
+            }
+        }
+        if manifest.files.contains_key("lmaas.json") {
+            let raw = tokio::fs::read(scratch.join("lmaas.json")).await.map_err(|e| internal(e.to_string()))?;
+            if let Err(e) = serde_json::from_slice::<TaskConfig>(&raw) {
+                problems.push(format!("lmaas.json is invalid: {e}"));
+            }
+        }
+        if manifest.task == Task::Embeddings && !manifest.files.contains_key("tokenizer.json") {
+            problems.push("an embeddings model needs a tokenizer.json".into());
+        }
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        // The final proof: ONNX Runtime creates a session from it.
+        let model_file = scratch.join(MODEL_FILE);
+        let providers = self.providers.clone();
+        let loaded = tokio::task::spawn_blocking(move || LoadedModel::load(&model_file, &providers, 0))
+            .await
+            .map_err(|e| internal(e.to_string()))?
+            .map_err(|e| vec![format!("model.onnx cannot be loaded: {e}")])?;
+        loaded.signature().map_err(|e| vec![format!("model.onnx has an input or output lmaas cannot serve: {e}")])
+    }
+}
+
+fn check_files(files: &BTreeMap<String, FileEntry>) -> Result<(), Error> {
+    if !files.contains_key(MODEL_FILE) {
+        return Err(Error::bad_request("files must include model.onnx"));
+    }
+    if files.len() > MAX_FILES {
+        return Err(Error::bad_request(format!("a version has at most {MAX_FILES} files")));
+    }
+    for (file, entry) in files {
+        let plain = !file.is_empty()
+            && file.len() <= 128
+            && !file.starts_with('.')
+            && file.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        if !plain {
+            return Err(Error::bad_request(format!(
+                "files: '{}' is not a plain file name (letters, digits, '.', '_', '-'; no folders)",
+                file.chars().take(80).collect::<String>()
+            )));
+        }
+        if entry.sha256.len() != 64 || !entry.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Error::bad_request(format!("files.{file}.sha256 must be 64 hex digits")));
+        }
+        if entry.size == 0 || entry.size > MAX_FILE_BYTES {
+            return Err(Error::bad_request(format!("files.{file}.size must be between 1 and {MAX_FILE_BYTES} bytes")));
+        }
+    }
+    Ok(())
+}
+
+fn manifest_json(manifest: &Manifest) -> Value {
+    serde_json::to_value(manifest).expect("a manifest serializes")
+}
+
+fn missing(name: &ModelName, version: Version) -> Error {
+    Error::not_found(format!("model '{name}' has no version {version}"))
+}
+
+fn store_error(e: lmaas_core::StoreError) -> Error {
+    tracing::error!(error = %e, "model store failed");
+    Error::Unavailable("the model store is unavailable right now".into())
+}
+
+fn random_suffix() -> String {
+    let mut bytes = [0u8; 8];
+    let _ = getrandom::fill(&mut bytes);
+    hex_string(&bytes)
+}
+
+fn hex_string(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn now_rfc3339() -> String {
+    rfc3339(lmaas_core::auth::now_seconds())
+}
+
+/// Seconds since the epoch as `YYYY-MM-DDTHH:MM:SSZ` (civil-from-days; no date crate needed).
+fn rfc3339(seconds: u64) -> String {
+    let days = (seconds / 86_400) as i64;
+    let rem = seconds % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_rfc3339_utc() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_795_867_200), "2026-11-28T12:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+    }
+
+    #[test]
+    fn declared_files_must_be_plain_names_with_real_checksums() {
+        let entry = |sha: &str, size| FileEntry { sha256: sha.into(), size };
+        let ok = "a".repeat(64);
+        let files = |name: &str, e: FileEntry| -> BTreeMap<String, FileEntry> {
+            [("model.onnx".to_string(), entry(&ok, 1)), (name.to_string(), e)].into()
+        };
+        assert!(check_files(&files("weights.bin", entry(&ok, 10))).is_ok());
+        assert!(check_files(&[("x".to_string(), entry(&ok, 1))].into())
+            .unwrap_err()
+            .to_string()
+            .contains("model.onnx"));
+        for bad in ["../up", "dir/file", ".hidden", "sp ace"] {
+            assert!(
+                check_files(&files(bad, entry(&ok, 1))).unwrap_err().to_string().contains("plain file name"),
+                "{bad}"
+            );
+        }
+        assert!(check_files(&files("w.bin", entry("xyz", 1))).unwrap_err().to_string().contains("64 hex"));
+        assert!(check_files(&files("w.bin", entry(&ok, 0))).unwrap_err().to_string().contains("size"));
+    }
+}

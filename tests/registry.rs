@@ -1,0 +1,198 @@
+//! The model registry through the real path: declare a version, upload through presigned S3 URLs,
+//! commit (checksums, ONNX validation, ONNX Runtime), then serve, tag, and delete.
+
+use lmaas_onnx::proto::{GraphProto, ModelProto, NodeProto, OperatorSetIdProto, StringStringEntryProto, TensorProto};
+use lmaas_tests::{client, fixture, stack};
+use prost::Message;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use super::call;
+
+/// A file to declare and upload; `declared` overrides what the declaration claims.
+struct Upload<'a> {
+    name: &'a str,
+    bytes: Vec<u8>,
+    declared_sha: Option<String>,
+    declared_size: Option<usize>,
+}
+
+fn file(name: &str, bytes: Vec<u8>) -> Upload<'_> {
+    Upload { name, bytes, declared_sha: None, declared_size: None }
+}
+
+/// Declares, uploads and commits a version as `token`; returns the commit's status and body.
+async fn register(token: &str, model: &str, version: u32, task: &str, files: Vec<Upload<'_>>) -> (StatusCode, Value) {
+    let declared: serde_json::Map<String, Value> = files
+        .iter()
+        .map(|f| {
+            let sha = f.declared_sha.clone().unwrap_or_else(|| hex::encode(Sha256::digest(&f.bytes)));
+            (f.name.to_string(), json!({"sha256": sha, "size": f.declared_size.unwrap_or(f.bytes.len())}))
+        })
+        .collect();
+    let body = json!({"files": declared, "task": task});
+    let (status, answer) =
+        call(Method::PUT, &format!("/v1/models/{model}/versions/{version}"), Some(token), Some(&body)).await;
+    assert_eq!(status, StatusCode::CREATED, "{answer}");
+    assert_eq!(answer["state"], "pending");
+    for f in &files {
+        let url = answer["uploads"][f.name]["url"].as_str().expect("an upload URL");
+        let response = client().put(url).body(f.bytes.clone()).send().await.unwrap();
+        assert!(response.status().is_success(), "upload of {} failed: {}", f.name, response.status());
+    }
+    call(Method::POST, &format!("/v1/models/{model}/versions/{version}/commit"), Some(token), None).await
+}
+
+fn mlp_bytes() -> Vec<u8> {
+    std::fs::read(lmaas_tests::root().join(".lmaas/samples/mlp/model.onnx")).unwrap()
+}
+
+fn onnx(node: NodeProto, initializers: Vec<TensorProto>, domains: &[&str]) -> Vec<u8> {
+    let mut opset_import = vec![OperatorSetIdProto { domain: String::new(), version: 17 }];
+    opset_import.extend(domains.iter().map(|d| OperatorSetIdProto { domain: d.to_string(), version: 1 }));
+    ModelProto {
+        ir_version: 9,
+        opset_import,
+        graph: Some(GraphProto { node: vec![node], initializer: initializers, sparse_initializer: vec![] }),
+        functions: vec![],
+    }
+    .encode_to_vec()
+}
+
+#[tokio::test]
+async fn a_pushed_version_is_served_tagged_and_deleted_only_when_untagged() {
+    let token = stack().admin_token();
+    let (status, manifest) = register(token, "reg-mlp", 1, "tensor", vec![file("model.onnx", mlp_bytes())]).await;
+    assert_eq!(status, StatusCode::OK, "{manifest}");
+    assert_eq!(manifest["state"], "ready");
+    assert_eq!(manifest["inputs"][0], json!({"name": "input", "datatype": "FP32", "shape": [-1, 4]}));
+
+    let request = fixture("mlp")["request"].clone();
+    let (status, answer) = call(Method::POST, "/v2/models/reg-mlp/infer", Some(token), Some(&request)).await;
+    assert_eq!(status, StatusCode::OK, "latest moved to the committed version: {answer}");
+
+    let (status, _) =
+        call(Method::PUT, "/v1/models/reg-mlp/aliases/prod", Some(token), Some(&json!({"version": 1}))).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, answer) = call(Method::POST, "/v2/models/reg-mlp%3Aprod/infer", Some(token), Some(&request)).await;
+    assert_eq!((status, &answer["model_version"]), (StatusCode::OK, &json!("1")), "{answer}");
+    let (_, listing) = call(Method::GET, "/v1/models/reg-mlp/versions", Some(token), None).await;
+    assert_eq!(listing["aliases"], json!({"latest": 1, "prod": 1}));
+
+    let (status, refused) = call(Method::DELETE, "/v1/models/reg-mlp/versions/1", Some(token), None).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{refused}");
+    assert!(refused["error"]["message"].as_str().unwrap().contains("latest, prod"), "{refused}");
+    assert_eq!(refused["error"]["type"], "invalid_request_error", "OpenAI error shape on /v1");
+    let (status, _) = call(Method::DELETE, "/v1/models/reg-mlp/versions/1?force=true", Some(token), None).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = call(Method::GET, "/v1/models/reg-mlp/versions/1", Some(token), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn commit_rejects_each_bad_upload_with_a_422_that_names_the_problem() {
+    let token = stack().admin_token();
+    let mlp = mlp_bytes();
+    let traversal = onnx(
+        NodeProto { op_type: "Identity".into(), domain: String::new(), attribute: vec![] },
+        vec![TensorProto {
+            name: "w".into(),
+            data_location: 1,
+            external_data: vec![StringStringEntryProto { key: "location".into(), value: "../../secrets/w.bin".into() }],
+        }],
+        &[],
+    );
+    let custom_op = onnx(
+        NodeProto { op_type: "Backdoor".into(), domain: "com.attacker".into(), attribute: vec![] },
+        vec![],
+        &["com.attacker"],
+    );
+    let cases: Vec<(&str, Vec<Upload>, &str, &str)> = vec![
+        (
+            "bad sha",
+            vec![Upload { declared_sha: Some("ab".repeat(32)), ..file("model.onnx", mlp.clone()) }],
+            "tensor",
+            "failed verification: sha256",
+        ),
+        (
+            "truncated file",
+            vec![Upload { declared_size: Some(mlp.len() + 10), ..file("model.onnx", mlp.clone()) }],
+            "tensor",
+            "truncated",
+        ),
+        ("not ONNX", vec![file("model.onnx", b"GIF89a not a model".to_vec())], "tensor", "is not an ONNX model"),
+        ("external data traversal", vec![file("model.onnx", traversal)], "tensor", "'..' is not allowed"),
+        ("custom op domain", vec![file("model.onnx", custom_op)], "tensor", "operator domain 'com.attacker'"),
+        (
+            "tokenizer garbage",
+            vec![file("model.onnx", mlp.clone()), file("tokenizer.json", b"{not json".to_vec())],
+            "tensor",
+            "tokenizer.json is not valid JSON",
+        ),
+        (
+            "embeddings without a tokenizer",
+            vec![file("model.onnx", mlp.clone())],
+            "embeddings",
+            "needs a tokenizer.json",
+        ),
+    ];
+    for (version, (what, files, task, message)) in (1u32..).zip(cases) {
+        let (status, answer) = register(token, "reg-bad", version, task, files).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{what}: {answer}");
+        let error = answer["error"]["message"].as_str().unwrap_or_default();
+        assert!(error.contains(message), "{what}: {error}");
+        let (_, manifest) =
+            call(Method::GET, &format!("/v1/models/reg-bad/versions/{version}"), Some(token), None).await;
+        assert_eq!(manifest["state"], "rejected", "{what}");
+        let (status, _) = call(
+            Method::POST,
+            &format!("/v2/models/reg-bad/versions/{version}/infer"),
+            Some(token),
+            Some(&json!({"inputs": []})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{what}: a rejected version is never served");
+    }
+}
+
+#[tokio::test]
+async fn a_model_name_belongs_to_its_tenant() {
+    let s = stack();
+    let acme = s.create_key("acme", "alice", "models:write,models:read,infer", None);
+    let globex = s.create_key("globex", "bob", "models:write,models:read,infer", None);
+    let (status, answer) = register(&acme, "reg-owned", 1, "tensor", vec![file("model.onnx", mlp_bytes())]).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let body = json!({"files": {"model.onnx": {"sha256": "a".repeat(64), "size": 1}}, "task": "tensor"});
+    let (status, _) = call(Method::PUT, "/v1/models/reg-owned/versions/2", Some(&globex), Some(&body)).await;
+    assert_eq!(status, StatusCode::CONFLICT, "another tenant cannot add versions");
+    let (status, _) = call(Method::POST, "/v1/models/reg-owned/versions/1/commit", Some(&globex), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = call(Method::DELETE, "/v1/models/reg-owned/versions/1?force=true", Some(&globex), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let reader = s.create_key("acme", "reader", "models:read", None);
+    let (status, answer) = call(Method::PUT, "/v1/models/reg-owned/versions/2", Some(&reader), Some(&body)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{answer}");
+    assert_eq!(answer["error"]["type"], "permission_error");
+}
+
+#[tokio::test]
+async fn declarations_are_checked_before_anything_is_stored() {
+    let token = stack().admin_token();
+    let sha = "a".repeat(64);
+    let cases = [
+        (json!({"files": {}, "task": "tensor"}), "must include model.onnx"),
+        (
+            json!({"files": {"model.onnx": {"sha256": sha, "size": 1}, "../x": {"sha256": sha, "size": 1}}, "task": "tensor"}),
+            "plain file name",
+        ),
+        (json!({"files": {"model.onnx": {"sha256": "nope", "size": 1}}, "task": "tensor"}), "64 hex digits"),
+        (json!({"files": {"model.onnx": {"sha256": sha, "size": 1}}, "task": "chat"}), "unknown variant"),
+        (json!({"files": {"model.onnx": {"sha256": sha, "size": 1}}, "task": "tensor", "extra": 1}), "unknown field"),
+    ];
+    for (body, message) in cases {
+        let (status, answer) = call(Method::PUT, "/v1/models/reg-decl/versions/1", Some(token), Some(&body)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {answer}");
+        assert!(answer["error"]["message"].as_str().unwrap().contains(message), "{answer}");
+    }
+}
