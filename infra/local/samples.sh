@@ -13,3 +13,6 @@ for model in mlp dtypes minilm; do
     rm -rf "$out/$model" && mv "$out/$model.tmp" "$out/$model"
   fi
 done
+# The embeddings task config (lmaas.json) that sentence-transformers uses for MiniLM: mean pooling,
+# normalized, 256 tokens.
+cp "$root/samples/models/minilm.lmaas.json" "$out/minilm/lmaas.json"

@@ -1,4 +1,5 @@
-//! The infer function's service: `POST /v2/models/{model}[/versions/{version}]/infer`.
+//! The infer function's service: `POST /v2/models/{model}[/versions/{version}]/infer` and
+//! `POST /v1/embeddings`.
 
 use std::sync::Arc;
 
@@ -6,12 +7,15 @@ use bytes::Bytes;
 use http::{header, Request, Response, StatusCode};
 use lmaas_core::acl::authorize;
 use lmaas_core::auth::Authenticator;
+use lmaas_core::manifest::Task;
 use lmaas_core::v2::{encode_response, InferRequest, HEADER_LENGTH};
 use lmaas_core::{Error, Limits, ModelRef, ModelResolver, ModelStore};
-use lmaas_engine::ModelCache;
+use lmaas_engine::{EmbeddingConfig, ModelCache};
 use serde_json::{Map, Value};
 
 use crate::context::{serve, Call};
+use crate::embeddings::EmbeddingsRequest;
+use crate::response::json;
 use crate::routes::Route;
 use crate::{ConfigError, InferConfig};
 
@@ -60,12 +64,30 @@ impl InferService {
         serve(&self.authenticator, request, |call| async move {
             match &call.route {
                 Route::Infer(model) => self.infer(model, &call).await,
+                Route::Embeddings => self.embeddings(&call).await,
                 _ => {
                     Err(Error::not_found(format!("{} is not served by the infer function", call.request.uri().path())))
                 }
             }
         })
         .await
+    }
+
+    async fn embeddings(&self, call: &Call) -> Result<Response<Bytes>, Error> {
+        let request = EmbeddingsRequest::parse(call.request.body())?;
+        let manifest = self.resolver.resolve(&request.model).await?;
+        authorize(call.principal()?, &manifest, call.route.access())?;
+        if manifest.task != Task::Embeddings {
+            return Err(Error::bad_request(format!("'model': '{}' is not an embeddings model", request.model_name)));
+        }
+        let config = EmbeddingConfig::from_manifest_config(&manifest.config)
+            .map_err(|e| Error::Internal(format!("model {} has an invalid task config: {e}", manifest.name)))?;
+        let loaded = self.cache.get(&manifest).await?;
+        let (input, dimensions) = (request.input, request.dimensions);
+        let embeddings = tokio::task::spawn_blocking(move || loaded.embed(&input, &config, dimensions))
+            .await
+            .map_err(|e| Error::Internal(format!("embeddings task failed: {e}")))??;
+        Ok(json(StatusCode::OK, &crate::embeddings::response(&request.model_name, &embeddings, request.base64)))
     }
 
     async fn infer(&self, model: &ModelRef, call: &Call) -> Result<Response<Bytes>, Error> {

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod authorizer;
 pub mod config;
 pub mod context;
+pub mod embeddings;
 pub mod infer;
 pub mod lambda;
 pub mod models;

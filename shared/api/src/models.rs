@@ -79,7 +79,8 @@ impl ModelsService {
                     &json!({"name": manifest.name, "version": manifest.version.to_string(), "ready": true}),
                 ))
             }
-            Route::Infer(_) => Err(Error::not_found("inference is served by the infer function")),
+            Route::Infer(_) | Route::Embeddings => Err(Error::not_found("inference is served by the infer function")),
+            Route::ListModels => self.registry.list_models(call.principal()?, &self.resolver).await,
             Route::PutVersion(name, version) => {
                 self.registry.put_version(call.principal()?, name, *version, call.request.body()).await
             }

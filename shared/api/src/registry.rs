@@ -12,7 +12,7 @@ use http::{Response, StatusCode};
 use lmaas_core::acl::{authorize, Access, Acl};
 use lmaas_core::manifest::{FileEntry, Task, MODEL_FILE};
 use lmaas_core::{AliasName, Error, Manifest, ModelName, ModelResolver, ModelState, Principal, RegistryStore, Version};
-use lmaas_engine::{ExecutionProviders, LoadedModel};
+use lmaas_engine::{EmbeddingConfig, ExecutionProviders, LoadedModel};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -47,30 +47,6 @@ struct PutVersionBody {
 #[serde(deny_unknown_fields)]
 struct PutAliasBody {
     version: Version,
-}
-
-/// `lmaas.json`: how an embeddings model's outputs become embeddings.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-#[allow(dead_code)] // read for validation now; the embeddings route uses it
-struct TaskConfig {
-    #[serde(default)]
-    pooling: Option<Pooling>,
-    #[serde(default)]
-    normalize: Option<bool>,
-    #[serde(default)]
-    max_tokens: Option<u32>,
-    #[serde(default)]
-    output: Option<String>,
-    #[serde(default)]
-    dimensions: Option<Vec<u32>>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "lowercase")]
-enum Pooling {
-    Mean,
-    Cls,
 }
 
 impl Registry {
@@ -135,10 +111,16 @@ impl Registry {
         let outcome = self.check_version(&manifest, &scratch).await;
         let _ = tokio::fs::remove_dir_all(&scratch).await;
         match outcome {
-            Ok((inputs, outputs)) => {
+            Ok(checked) => {
                 manifest.state = ModelState::Ready;
-                manifest.inputs = inputs;
-                manifest.outputs = outputs;
+                manifest.inputs = checked.inputs;
+                manifest.outputs = checked.outputs;
+                if let Some(task) = checked.task_config {
+                    if !manifest.config.is_object() {
+                        manifest.config = json!({});
+                    }
+                    manifest.config["task"] = task;
+                }
                 manifest.problems.clear();
                 self.store.put_manifest(&manifest, false).await.map_err(store_error)?;
                 self.store.put_alias(name, &AliasName::latest(), version).await.map_err(store_error)?;
@@ -157,6 +139,25 @@ impl Registry {
                 )))
             }
         }
+    }
+
+    /// `GET /v1/models` (OpenAI): every model whose `latest` version the caller may read.
+    pub async fn list_models(&self, principal: &Principal, resolver: &ModelResolver) -> Result<Response<Bytes>, Error> {
+        let mut data = Vec::new();
+        for name in self.store.models().await.map_err(store_error)? {
+            let reference =
+                lmaas_core::ModelRef { name: name.clone(), tag: lmaas_core::Tag::Alias(AliasName::latest()) };
+            let Ok(manifest) = resolver.resolve(&reference).await else { continue };
+            if authorize(principal, &manifest, Access::Read).is_ok() {
+                data.push(json!({
+                    "id": name,
+                    "object": "model",
+                    "created": epoch_seconds(&manifest.created_at),
+                    "owned_by": manifest.tenant.as_deref().unwrap_or("lmaas"),
+                }));
+            }
+        }
+        Ok(json(StatusCode::OK, &json!({ "object": "list", "data": data })))
     }
 
     /// `GET /v1/models/{model}/versions`: the versions the caller may read, with aliases.
@@ -281,12 +282,8 @@ impl Registry {
         Ok(())
     }
 
-    /// Downloads and checks every file; returns the model's signature or every problem found.
-    async fn check_version(
-        &self,
-        manifest: &Manifest,
-        scratch: &Path,
-    ) -> Result<(Vec<lmaas_core::TensorSpec>, Vec<lmaas_core::TensorSpec>), Vec<String>> {
+    /// Downloads and checks every file; returns what the manifest learns, or every problem found.
+    async fn check_version(&self, manifest: &Manifest, scratch: &Path) -> Result<Checked, Vec<String>> {
         let (name, version) = (&manifest.name, manifest.version);
         let internal = |e: String| {
             tracing::error!(model = %name, %version, error = %e, "commit could not read the upload");
@@ -327,10 +324,15 @@ impl Registry {
                 Err(e) => problems.push(format!("tokenizer.json is not valid JSON: {e}")),
             }
         }
+        let mut task_config = None;
         if manifest.files.contains_key("lmaas.json") {
             let raw = tokio::fs::read(scratch.join("lmaas.json")).await.map_err(|e| internal(e.to_string()))?;
-            if let Err(e) = serde_json::from_slice::<TaskConfig>(&raw) {
-                problems.push(format!("lmaas.json is invalid: {e}"));
+            match serde_json::from_slice::<Value>(&raw) {
+                Err(e) => problems.push(format!("lmaas.json is not valid JSON: {e}")),
+                Ok(value) => match EmbeddingConfig::from_manifest_config(&json!({ "task": value })) {
+                    Ok(_) => task_config = Some(value),
+                    Err(e) => problems.push(format!("lmaas.json is invalid: {e}")),
+                },
             }
         }
         if manifest.task == Task::Embeddings && !manifest.files.contains_key("tokenizer.json") {
@@ -345,9 +347,20 @@ impl Registry {
         let loaded = tokio::task::spawn_blocking(move || LoadedModel::load(&model_file, &providers, 0))
             .await
             .map_err(|e| internal(e.to_string()))?
-            .map_err(|e| vec![format!("model.onnx cannot be loaded: {e}")])?;
-        loaded.signature().map_err(|e| vec![format!("model.onnx has an input or output lmaas cannot serve: {e}")])
+            .map_err(|e| vec![format!("the model cannot be loaded: {e}")])?;
+        let (inputs, outputs) = loaded
+            .signature()
+            .map_err(|e| vec![format!("model.onnx has an input or output lmaas cannot serve: {e}")])?;
+        Ok(Checked { inputs, outputs, task_config })
     }
+}
+
+/// What a successful check adds to the manifest.
+struct Checked {
+    inputs: Vec<lmaas_core::TensorSpec>,
+    outputs: Vec<lmaas_core::TensorSpec>,
+    /// `lmaas.json`, kept as the manifest's `config.task`.
+    task_config: Option<Value>,
 }
 
 fn check_files(files: &BTreeMap<String, FileEntry>) -> Result<(), Error> {
@@ -421,9 +434,34 @@ fn rfc3339(seconds: u64) -> String {
     format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
+/// `YYYY-MM-DDTHH:MM:SSZ` back to seconds since the epoch (0 if it does not parse).
+fn epoch_seconds(rfc3339: &str) -> u64 {
+    let field = |range: std::ops::Range<usize>| rfc3339.get(range).and_then(|s| s.parse::<i64>().ok());
+    let (Some(y), Some(m), Some(d), Some(hh), Some(mm), Some(ss)) =
+        (field(0..4), field(5..7), field(8..10), field(11..13), field(14..16), field(17..19))
+    else {
+        return 0;
+    };
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    u64::try_from(days * 86_400 + hh * 3600 + mm * 60 + ss).unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timestamps_round_trip_through_rfc3339() {
+        for seconds in [0, 951_782_400, 1_795_867_200] {
+            assert_eq!(epoch_seconds(&rfc3339(seconds)), seconds);
+        }
+        assert_eq!(epoch_seconds("yesterday"), 0);
+    }
 
     #[test]
     fn timestamps_are_rfc3339_utc() {

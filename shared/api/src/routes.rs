@@ -22,6 +22,10 @@ pub enum Route {
     DeleteVersion(ModelName, Version),
     ListVersions(ModelName),
     PutAlias(ModelName, AliasName),
+    /// `POST /v1/embeddings` (OpenAI).
+    Embeddings,
+    /// `GET /v1/models` (OpenAI): the models the caller may use.
+    ListModels,
 }
 
 impl Route {
@@ -32,6 +36,8 @@ impl Route {
             ["v2"] => (Route::ServerMetadata, Method::GET),
             ["v2", "health", "live"] => (Route::HealthLive, Method::GET),
             ["v2", "health", "ready"] => (Route::HealthReady, Method::GET),
+            ["v1", "embeddings"] => (Route::Embeddings, Method::POST),
+            ["v1", "models"] => (Route::ListModels, Method::GET),
             ["v1", "models", model, rest @ ..] => return registry_route(method, path, model, rest),
             ["v2", "models", model, rest @ ..] => {
                 let (version, action) = match rest {
@@ -61,7 +67,8 @@ impl Route {
         match self {
             Route::ServerMetadata | Route::HealthLive | Route::HealthReady => None,
             Route::ModelMetadata(_) | Route::ModelReady(_) => Some(Scope::ModelsRead),
-            Route::Infer(_) => Some(Scope::Infer),
+            Route::Infer(_) | Route::Embeddings => Some(Scope::Infer),
+            Route::ListModels => Some(Scope::ModelsRead),
             Route::GetVersion(..) | Route::ListVersions(_) => Some(Scope::ModelsRead),
             Route::PutVersion(..) | Route::CommitVersion(..) | Route::DeleteVersion(..) | Route::PutAlias(..) => {
                 Some(Scope::ModelsWrite)
@@ -72,7 +79,7 @@ impl Route {
     /// What the route does with its model, for the model's ACL.
     pub fn access(&self) -> Access {
         match self {
-            Route::Infer(_) => Access::Invoke,
+            Route::Infer(_) | Route::Embeddings => Access::Invoke,
             _ => Access::Read,
         }
     }

@@ -129,6 +129,15 @@ impl RegistryStore for S3ModelStore {
         }
     }
 
+    async fn models(&self) -> Result<Vec<ModelName>, StoreError> {
+        Ok(self
+            .list("models/", Some("/"))
+            .await?
+            .iter()
+            .filter_map(|p| ModelName::parse(p.strip_prefix("models/")?.strip_suffix('/')?).ok())
+            .collect())
+    }
+
     async fn versions(&self, name: &ModelName) -> Result<Vec<Version>, StoreError> {
         let prefix = format!("models/{name}/versions/");
         let mut versions: Vec<Version> = self

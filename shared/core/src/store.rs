@@ -34,6 +34,8 @@ pub trait RegistryStore: ModelStore {
     /// Writes a manifest. With `create_only` nothing is overwritten (an If-None-Match write) and
     /// the answer is `false` when a manifest was already there.
     async fn put_manifest(&self, manifest: &Manifest, create_only: bool) -> Result<bool, StoreError>;
+    /// Every model name in the store.
+    async fn models(&self) -> Result<Vec<ModelName>, StoreError>;
     /// Every version of a model that has a manifest, ascending.
     async fn versions(&self, name: &ModelName) -> Result<Vec<Version>, StoreError>;
     /// Every alias of a model with the version it points at.

@@ -2,12 +2,14 @@
 //! execution providers the deployment asks for, and a model cache from S3 to disk to memory.
 
 pub mod cache;
+pub mod embeddings;
 pub mod error;
 pub mod model;
 pub mod providers;
 pub mod runtime;
 
 pub use cache::{CacheConfig, ModelCache};
+pub use embeddings::{EmbeddingConfig, EmbeddingInput, Embeddings};
 pub use error::EngineError;
 pub use model::LoadedModel;
 pub use providers::{ExecutionProvider, ExecutionProviders};

@@ -19,6 +19,10 @@ pub struct LoadedModel {
     session: Mutex<Session>,
     execution_provider: ExecutionProvider,
     bytes: u64,
+    /// The version's `tokenizer.json`, if it has one, with its own padding turned off (batches
+    /// are padded to their longest input) and truncation set per request.
+    tokenizer: Option<Mutex<tokenizers::Tokenizer>>,
+    pad_id: u32,
 }
 
 impl std::fmt::Debug for LoadedModel {
@@ -65,7 +69,17 @@ impl LoadedModel {
             load_error(&message)
         })?;
         tracing::info!(execution_provider = %chosen, threads, "model session created");
-        Ok(LoadedModel { session: Mutex::new(session), execution_provider: chosen, bytes })
+        let (tokenizer, pad_id) = match model_file.parent().map(|dir| dir.join("tokenizer.json")) {
+            Some(path) if path.exists() => {
+                let mut tokenizer = tokenizers::Tokenizer::from_file(&path)
+                    .map_err(|e| EngineError::Load(format!("tokenizer.json could not be loaded: {e}")))?;
+                let pad_id = tokenizer.get_padding().map_or(0, |p| p.pad_id);
+                tokenizer.with_padding(None);
+                (Some(Mutex::new(tokenizer)), pad_id)
+            }
+            _ => (None, 0),
+        };
+        Ok(LoadedModel { session: Mutex::new(session), execution_provider: chosen, bytes, tokenizer, pad_id })
     }
 
     /// The model's inputs and outputs as ONNX Runtime sees them (`-1` for dynamic dims); `None`
@@ -86,6 +100,14 @@ impl LoadedModel {
                 .collect::<Result<Vec<_>, String>>()
         };
         Ok((specs(session.inputs())?, specs(session.outputs())?))
+    }
+
+    pub(crate) fn tokenizer(&self) -> Option<&Mutex<tokenizers::Tokenizer>> {
+        self.tokenizer.as_ref()
+    }
+
+    pub(crate) fn pad_id(&self) -> u32 {
+        self.pad_id
     }
 
     pub fn execution_provider(&self) -> ExecutionProvider {
