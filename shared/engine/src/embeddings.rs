@@ -157,7 +157,7 @@ impl LoadedModel {
 
     /// Token ids and type ids per input: texts through the tokenizer (truncated to `max_tokens`),
     /// token inputs checked against the vocabulary and the limit.
-    fn token_rows(&self, input: &EmbeddingInput, max_tokens: usize) -> Result<Vec<(Vec<u32>, Vec<u32>)>, EngineError> {
+    fn token_rows(&self, input: &EmbeddingInput, max_tokens: usize) -> Result<Vec<TokenRow>, EngineError> {
         let tokenizer =
             self.tokenizer().ok_or_else(|| EngineError::Internal("the model has no tokenizer.json".into()))?;
         let mut tokenizer = tokenizer.lock().map_err(|_| EngineError::Internal("tokenizer lock poisoned".into()))?;
@@ -193,6 +193,9 @@ impl LoadedModel {
         }
     }
 }
+
+/// One input's token ids and token type ids.
+type TokenRow = (Vec<u32>, Vec<u32>);
 
 fn floats(tensor: &Tensor) -> Result<Vec<f32>, EngineError> {
     match (&tensor.data, tensor.datatype) {
