@@ -83,6 +83,7 @@ fn main() {
             }
         }
     }
+    embeddings_table(&runtime);
     if std::env::var_os("AWS_ENDPOINT_URL").is_some() && std::env::var_os("LMAAS_BUCKET").is_some() {
         cold_start_table();
     } else {
@@ -121,7 +122,7 @@ fn sample_dir(model: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.lmaas/samples").join(model)
 }
 
-fn manifest_for(model: &str, bytes: &[u8]) -> Manifest {
+fn manifest_for(model: &str, files: &[(&str, Vec<u8>)]) -> Manifest {
     let (inputs, outputs) = match model {
         "mlp" => (vec![spec("input", DataType::Fp32, &[-1, 4])], vec![spec("output", DataType::Fp32, &[-1, 3])]),
         _ => (
@@ -132,10 +133,19 @@ fn manifest_for(model: &str, bytes: &[u8]) -> Manifest {
             vec![spec("last_hidden_state", DataType::Fp32, &[-1, -1, 384])],
         ),
     };
-    let files =
-        [("model.onnx".into(), FileEntry { sha256: hex::encode(Sha256::digest(bytes)), size: bytes.len() as u64 })]
-            .into();
-    Manifest::ready(ModelName::parse(model).unwrap(), Version::new(1).unwrap(), Task::Tensor, files, inputs, outputs)
+    let entries = files
+        .iter()
+        .map(|(name, bytes)| {
+            (name.to_string(), FileEntry { sha256: hex::encode(Sha256::digest(bytes)), size: bytes.len() as u64 })
+        })
+        .collect();
+    let task = if model == "minilm" { Task::Embeddings } else { Task::Tensor };
+    let mut manifest =
+        Manifest::ready(ModelName::parse(model).unwrap(), Version::new(1).unwrap(), task, entries, inputs, outputs);
+    if let Ok(config) = std::fs::read(sample_dir(model).join("lmaas.json")) {
+        manifest.config = json!({ "task": serde_json::from_slice::<Value>(&config).unwrap() });
+    }
+    manifest
 }
 
 fn spec(name: &str, datatype: DataType, shape: &[i64]) -> TensorSpec {
@@ -143,12 +153,17 @@ fn spec(name: &str, datatype: DataType, shape: &[i64]) -> TensorSpec {
 }
 
 async fn service_for(model: &str) -> InferService {
-    let bytes =
-        std::fs::read(sample_dir(model).join("model.onnx")).expect("run `make setup` first to build the samples");
-    let manifest = manifest_for(model, &bytes);
+    let files: Vec<(&str, Vec<u8>)> = ["model.onnx", "tokenizer.json"]
+        .into_iter()
+        .filter_map(|f| std::fs::read(sample_dir(model).join(f)).ok().map(|bytes| (f, bytes)))
+        .collect();
+    assert!(!files.is_empty(), "run `make setup` first to build the samples");
+    let manifest = manifest_for(model, &files);
     let store = MemoryModelStore::default();
     store.put_alias(&manifest.name, &lmaas_core::AliasName::latest(), manifest.version);
-    store.put_file(&manifest.name, manifest.version, "model.onnx", bytes);
+    for (file, bytes) in files {
+        store.put_file(&manifest.name, manifest.version, file, bytes);
+    }
     store.put_manifest(manifest);
     let cache_dir = std::env::temp_dir().join(format!("lmaas-bench-{}", std::process::id()));
     let config = InferConfig::from_lookup(|name| match name {
@@ -268,6 +283,78 @@ fn run_raw(session: &mut Session, inputs: &[(String, Vec<usize>, Data)]) -> Vec<
     let outputs = session.run(values).unwrap();
     let (_, data) = outputs[0].try_extract_tensor::<f32>().unwrap();
     data.to_vec()
+}
+
+/// `/v1/embeddings` in process (JSON in, JSON floats out, tokenization included) vs raw tokenize +
+/// `session.run` + mean pooling + normalization, as a user of ORT would write it.
+fn embeddings_table(runtime: &tokio::runtime::Runtime) {
+    const SENTENCES: [&str; 8] = [
+        "A man is eating food.",
+        "A man is eating a piece of bread.",
+        "The girl is carrying a baby.",
+        "A man is riding a horse.",
+        "A woman is playing violin.",
+        "Two men pushed carts through the woods.",
+        "A man is riding a white horse on an enclosed ground.",
+        "A monkey is playing drums.",
+    ];
+    println!("\nembeddings: lmaas /v1/embeddings in process vs raw tokenize + session.run + pooling (minilm)");
+    println!(
+        "{:<8} {:>10} {:>10} {:>10} {:>10} {:>8}",
+        "inputs", "raw p50", "raw p99", "lmaas p50", "lmaas p99", "p50 x"
+    );
+    let service = runtime.block_on(service_for("minilm"));
+    let mut session = raw_session("minilm");
+    let mut tokenizer = tokenizers::Tokenizer::from_file(sample_dir("minilm").join("tokenizer.json")).unwrap();
+    tokenizer.with_padding(Some(tokenizers::PaddingParams::default()));
+    tokenizer.with_truncation(Some(tokenizers::TruncationParams { max_length: 256, ..Default::default() })).unwrap();
+    for count in [1, 8, 32] {
+        let texts: Vec<&str> = SENTENCES.iter().copied().cycle().take(count).collect();
+        let body = serde_json::to_vec(&json!({"model": "minilm", "input": texts, "encoding_format": "float"})).unwrap();
+        let request = || {
+            http::Request::post("/v1/embeddings")
+                .header("authorization", format!("Bearer {BENCH_KEY}"))
+                .body(Bytes::from(body.clone()))
+                .unwrap()
+        };
+        let warm = runtime.block_on(service.handle(request()));
+        assert_eq!(warm.status(), 200, "{}", String::from_utf8_lossy(warm.body()));
+        let (raw_times, handler_times) = interleaved(
+            || {
+                std::hint::black_box(raw_embed(&mut session, &tokenizer, &texts));
+            },
+            || assert_eq!(runtime.block_on(service.handle(request())).status(), 200),
+        );
+        let (r50, r99, h50, h99) =
+            (pct(&raw_times, 50.0), pct(&raw_times, 99.0), pct(&handler_times, 50.0), pct(&handler_times, 99.0));
+        println!(
+            "{count:<8} {:>10} {:>10} {:>10} {:>10} {:>8.3}",
+            ms(r50),
+            ms(r99),
+            ms(h50),
+            ms(h99),
+            h50.as_secs_f64() / r50.as_secs_f64()
+        );
+    }
+}
+
+fn raw_embed(session: &mut Session, tokenizer: &tokenizers::Tokenizer, texts: &[&str]) -> Vec<Vec<f32>> {
+    let encodings = tokenizer.encode_batch(texts.to_vec(), true).unwrap();
+    let (batch, seq) = (encodings.len(), encodings[0].len());
+    let column = |f: &dyn Fn(&tokenizers::Encoding) -> Vec<i64>| -> Vec<i64> { encodings.iter().flat_map(f).collect() };
+    let ids = column(&|e| e.get_ids().iter().map(|&v| i64::from(v)).collect());
+    let mask = column(&|e| e.get_attention_mask().iter().map(|&v| i64::from(v)).collect());
+    let types = column(&|e| e.get_type_ids().iter().map(|&v| i64::from(v)).collect());
+    let value = |data: Vec<i64>| Tensor::from_array((vec![batch, seq], data)).unwrap().into_dyn();
+    let inputs =
+        vec![("input_ids", value(ids)), ("attention_mask", value(mask.clone())), ("token_type_ids", value(types))];
+    let outputs = session.run(inputs).unwrap();
+    let (_, states) = outputs[0].try_extract_tensor::<f32>().unwrap();
+    let hidden = states.len() / (batch * seq);
+    let mut pooled =
+        lmaas_engine::embeddings::pool(states, &mask, batch, seq, hidden, lmaas_engine::embeddings::Pooling::Mean);
+    pooled.iter_mut().for_each(|v| lmaas_engine::embeddings::normalize(v));
+    pooled
 }
 
 fn cold_start_table() {
