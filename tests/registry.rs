@@ -176,6 +176,22 @@ async fn a_model_name_belongs_to_its_tenant() {
     assert_eq!(answer["error"]["type"], "permission_error");
 }
 
+/// moto does not enforce presigned-URL expiry (AWS does), so check what AWS enforces: the
+/// signature's lifetime and the advertised `expires_at`.
+#[tokio::test]
+async fn upload_urls_are_signed_for_fifteen_minutes() {
+    let token = stack().admin_token();
+    let body = json!({"files": {"model.onnx": {"sha256": "a".repeat(64), "size": 10}}, "task": "tensor"});
+    let (status, answer) = call(Method::PUT, "/v1/models/reg-expiry/versions/1", Some(token), Some(&body)).await;
+    assert_eq!(status, StatusCode::CREATED, "{answer}");
+    let upload = &answer["uploads"]["model.onnx"];
+    let url = upload["url"].as_str().unwrap();
+    assert!(url.contains("X-Amz-Expires=900") && url.contains("X-Amz-Signature="), "{url}");
+    assert!(url.contains("/models/reg-expiry/versions/1/files/model.onnx"), "{url}");
+    let expires_at = upload["expires_at"].as_str().unwrap();
+    assert!(expires_at.ends_with('Z') && expires_at.len() == 20, "{expires_at}");
+}
+
 #[tokio::test]
 async fn declarations_are_checked_before_anything_is_stored() {
     let token = stack().admin_token();
@@ -213,4 +229,32 @@ async fn the_official_openai_client_gets_embeddings_equal_to_onnx_runtime() {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+#[tokio::test]
+async fn the_cli_lists_shows_infers_and_embeds() {
+    let s = stack();
+    let lmaas = |args: &[&str]| {
+        let output = std::process::Command::new(lmaas_tests::root().join("target/debug/lmaas"))
+            .args(args)
+            .env("LMAAS_URL", &s.url)
+            .env("LMAAS_TOKEN", s.admin_token())
+            .current_dir(std::env::temp_dir())
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "lmaas {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let listing = lmaas(&["models", "ls"]);
+    assert!(listing.lines().any(|l| l.starts_with("minilm")) && listing.contains("mlp"), "{listing}");
+    let shown = lmaas(&["models", "show", "mlp"]);
+    assert!(shown.contains("ready") && shown.contains("latest"), "{shown}");
+    let request = fixture("mlp")["request"].to_string();
+    let answer: Value = serde_json::from_str(&lmaas(&["infer", "mlp:1", &request])).unwrap();
+    assert_eq!(answer["outputs"][0]["shape"], json!([3, 3]));
+    let vectors = lmaas(&["embed", "--model", "minilm", "A man is eating food.", "A man is riding a horse."]);
+    let rows: Vec<Vec<f64>> = vectors.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!((rows.len(), rows[0].len()), (2, 384));
+    let cosine: f64 = rows[0].iter().zip(&rows[1]).map(|(a, b)| a * b).sum();
+    assert!((cosine - 0.247).abs() < 0.01, "{cosine}");
 }

@@ -50,6 +50,13 @@ enum Command {
         #[command(subcommand)]
         command: ModelsCommand,
     },
+    /// Embed texts with an embeddings model and print the vectors (one JSON array per line).
+    Embed {
+        #[arg(long, default_value = "minilm")]
+        model: String,
+        #[arg(required = true)]
+        texts: Vec<String>,
+    },
     /// Run a V2 inference request (JSON) and print the answer.
     Infer {
         /// `name` or `name:tag`.
@@ -61,6 +68,8 @@ enum Command {
 
 #[derive(Subcommand)]
 enum ModelsCommand {
+    /// The models you may use.
+    Ls,
     /// A model's versions, states and aliases.
     Show { model: String },
     /// Point an alias at a version.
@@ -105,6 +114,16 @@ async fn main() -> anyhow::Result<()> {
             push::push(&api::Api::from_env()?, &dir, &model, version, &task, &tags).await
         }
         Command::Models { command } => models(&api::Api::from_env()?, command).await,
+        Command::Embed { model, texts } => {
+            let api = api::Api::from_env()?;
+            let body = serde_json::json!({ "model": model, "input": texts, "encoding_format": "float" });
+            let answer = api.send(api.request(reqwest::Method::POST, "/v1/embeddings").json(&body)).await?;
+            for item in answer["data"].as_array().into_iter().flatten() {
+                println!("{}", item["embedding"]);
+            }
+            eprintln!("{} tokens", answer["usage"]["total_tokens"]);
+            Ok(())
+        }
         Command::Infer { model, request } => {
             let api = api::Api::from_env()?;
             let body = match request.strip_prefix('@') {
@@ -123,6 +142,12 @@ async fn main() -> anyhow::Result<()> {
 async fn models(api: &api::Api, command: ModelsCommand) -> anyhow::Result<()> {
     use reqwest::Method;
     match command {
+        ModelsCommand::Ls => {
+            let models = api.send(api.request(Method::GET, "/v1/models")).await?;
+            for model in models["data"].as_array().into_iter().flatten() {
+                println!("{:<32} {}", model["id"].as_str().unwrap_or("?"), model["owned_by"].as_str().unwrap_or("?"));
+            }
+        }
         ModelsCommand::Show { model } => {
             let versions = api.send(api.request(Method::GET, &format!("/v1/models/{model}/versions"))).await?;
             push::show(&versions);

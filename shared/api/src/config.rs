@@ -85,6 +85,8 @@ pub struct InferConfig {
     pub preload: Vec<ModelRef>,
     pub limits: Limits,
     pub alias_ttl: Duration,
+    /// Most inputs in one `/v1/embeddings` request (`LMAAS_EMBEDDINGS_MAX_INPUTS`, default 256).
+    pub embeddings_max_inputs: usize,
 }
 
 /// The models function's configuration.
@@ -94,6 +96,8 @@ pub struct ModelsConfig {
     pub auth: AuthConfig,
     /// Where commits download and check uploads (`LMAAS_MODEL_CACHE_DIR`/commits).
     pub scratch_dir: PathBuf,
+    /// Largest model.onnx a commit accepts (`LMAAS_MAX_MODEL_BYTES`, default 4 GiB).
+    pub max_model_bytes: u64,
     pub providers: ExecutionProviders,
     pub alias_ttl: Duration,
 }
@@ -122,6 +126,7 @@ impl InferConfig {
             preload,
             limits: Limits::default(),
             alias_ttl: alias_ttl(&env)?,
+            embeddings_max_inputs: parsed(&env, "LMAAS_EMBEDDINGS_MAX_INPUTS")?.unwrap_or(256),
         })
     }
 }
@@ -136,6 +141,7 @@ impl ModelsConfig {
             bucket: required(&env, "LMAAS_BUCKET")?,
             auth: AuthConfig::from_lookup(&env)?,
             scratch_dir: cache_dir(&env).join("commits"),
+            max_model_bytes: parsed(&env, "LMAAS_MAX_MODEL_BYTES")?.unwrap_or(4 << 30),
             providers: providers(&env)?,
             alias_ttl: alias_ttl(&env)?,
         })

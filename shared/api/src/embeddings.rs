@@ -8,8 +8,6 @@ use lmaas_engine::{EmbeddingInput, Embeddings};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-/// Most inputs in one request (OpenAI allows 2048; a Lambda instance is smaller).
-pub const MAX_INPUTS: usize = 256;
 /// Longest text accepted before tokenization, in bytes (it is truncated to the model's tokens later).
 const MAX_TEXT_BYTES: usize = 64 * 1024;
 
@@ -36,7 +34,9 @@ pub struct EmbeddingsRequest {
 }
 
 impl EmbeddingsRequest {
-    pub fn parse(body: &[u8]) -> Result<Self, Error> {
+    /// Parses a request body; `max_inputs` bounds the input array (OpenAI allows 2048; a Lambda
+    /// instance is smaller, so the default is 256).
+    pub fn parse(body: &[u8], max_inputs: usize) -> Result<Self, Error> {
         let raw: RawRequest =
             serde_json::from_slice(body).map_err(|e| Error::bad_request(format!("invalid embeddings request: {e}")))?;
         let model = ModelRef::parse(&raw.model).map_err(|e| Error::bad_request(format!("'model': {e}")))?;
@@ -52,11 +52,17 @@ impl EmbeddingsRequest {
             Some(0) => return Err(Error::bad_request("'dimensions' must be at least 1")),
             Some(d) => Some(usize::try_from(d).map_err(|_| Error::bad_request("'dimensions' is too large"))?),
         };
-        Ok(EmbeddingsRequest { model, model_name: raw.model, input: parse_input(raw.input)?, base64, dimensions })
+        Ok(EmbeddingsRequest {
+            model,
+            model_name: raw.model,
+            input: parse_input(raw.input, max_inputs)?,
+            base64,
+            dimensions,
+        })
     }
 }
 
-fn parse_input(input: Value) -> Result<EmbeddingInput, Error> {
+fn parse_input(input: Value, max_inputs: usize) -> Result<EmbeddingInput, Error> {
     let items = match input {
         Value::String(text) => return texts(vec![Value::String(text)]),
         Value::Array(items) => items,
@@ -65,8 +71,8 @@ fn parse_input(input: Value) -> Result<EmbeddingInput, Error> {
     if items.is_empty() {
         return Err(Error::bad_request("'input' is empty"));
     }
-    if items.len() > MAX_INPUTS {
-        return Err(Error::bad_request(format!("'input' has {} items; the limit is {MAX_INPUTS}", items.len())));
+    if items.len() > max_inputs {
+        return Err(Error::bad_request(format!("'input' has {} items; the limit is {max_inputs}", items.len())));
     }
     match &items[0] {
         Value::String(_) => texts(items),
@@ -138,7 +144,7 @@ mod tests {
     use super::*;
 
     fn parse(body: Value) -> Result<EmbeddingsRequest, Error> {
-        EmbeddingsRequest::parse(&serde_json::to_vec(&body).unwrap())
+        EmbeddingsRequest::parse(&serde_json::to_vec(&body).unwrap(), 256)
     }
 
     fn message(body: Value) -> String {
@@ -173,7 +179,7 @@ mod tests {
         assert!(message(json!({"model": "m", "input": ["a", 3]})).contains("'input[1]'"));
         assert!(message(json!({"model": "m", "input": [[1], [-2]]})).contains("'input[1]' must hold non-negative"));
         assert!(message(json!({"model": "m", "input": {"x": 1}})).contains("'input' must be"));
-        assert!(message(json!({"model": "m", "input": vec!["a"; MAX_INPUTS + 1]})).contains("the limit is"));
+        assert!(message(json!({"model": "m", "input": vec!["a"; 257]})).contains("the limit is"));
         assert!(message(json!({"model": "Bad Name", "input": "a"})).contains("'model'"));
         assert!(message(json!({"model": "m", "input": "a", "encoding_format": "hex"})).contains("'encoding_format'"));
         assert!(message(json!({"model": "m", "input": "a", "dimensions": 0})).contains("'dimensions'"));

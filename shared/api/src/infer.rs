@@ -25,6 +25,7 @@ pub struct InferService {
     resolver: ModelResolver,
     cache: ModelCache,
     limits: Limits,
+    embeddings_max_inputs: usize,
     preload: Vec<ModelRef>,
 }
 
@@ -35,6 +36,7 @@ impl InferService {
             resolver: ModelResolver::new(store.clone(), config.alias_ttl),
             cache: ModelCache::new(store, config.cache),
             limits: config.limits,
+            embeddings_max_inputs: config.embeddings_max_inputs,
             preload: config.preload,
         }
     }
@@ -74,7 +76,7 @@ impl InferService {
     }
 
     async fn embeddings(&self, call: &Call) -> Result<Response<Bytes>, Error> {
-        let request = EmbeddingsRequest::parse(call.request.body())?;
+        let request = EmbeddingsRequest::parse(call.request.body(), self.embeddings_max_inputs)?;
         let manifest = self.resolver.resolve(&request.model).await?;
         authorize(call.principal()?, &manifest, call.route.access())?;
         if manifest.task != Task::Embeddings {

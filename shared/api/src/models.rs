@@ -30,7 +30,12 @@ impl ModelsService {
     pub fn new(store: Arc<dyn RegistryStore>, authenticator: Authenticator, config: &ModelsConfig) -> Self {
         ModelsService {
             authenticator,
-            registry: Registry::new(store.clone(), config.providers.clone(), config.scratch_dir.clone()),
+            registry: Registry::new(
+                store.clone(),
+                config.providers.clone(),
+                config.scratch_dir.clone(),
+                config.max_model_bytes,
+            ),
             resolver: ModelResolver::new(store, config.alias_ttl),
             execution_provider: serving_provider(&config.providers),
         }

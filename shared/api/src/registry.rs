@@ -30,6 +30,7 @@ pub struct Registry {
     store: Arc<dyn RegistryStore>,
     providers: ExecutionProviders,
     scratch: PathBuf,
+    limits: lmaas_onnx::ValidationLimits,
 }
 
 #[derive(Deserialize)]
@@ -50,8 +51,14 @@ struct PutAliasBody {
 }
 
 impl Registry {
-    pub fn new(store: Arc<dyn RegistryStore>, providers: ExecutionProviders, scratch: PathBuf) -> Self {
-        Registry { store, providers, scratch }
+    pub fn new(
+        store: Arc<dyn RegistryStore>,
+        providers: ExecutionProviders,
+        scratch: PathBuf,
+        max_model_bytes: u64,
+    ) -> Self {
+        let limits = lmaas_onnx::ValidationLimits { max_model_bytes, ..Default::default() };
+        Registry { store, providers, scratch, limits }
     }
 
     /// `PUT /v1/models/{model}/versions/{version}`: records a pending version owned by the
@@ -313,7 +320,7 @@ impl Registry {
         }
         let model = tokio::fs::read(scratch.join(MODEL_FILE)).await.map_err(|e| internal(e.to_string()))?;
         let others = manifest.files.keys().filter(|f| *f != MODEL_FILE).cloned().collect();
-        let onnx_problems = lmaas_onnx::validate(&model, &others, &lmaas_onnx::ValidationLimits::default());
+        let onnx_problems = lmaas_onnx::validate(&model, &others, &self.limits);
         problems.extend(onnx_problems.into_iter().map(|p| format!("{} {}", p.file, p.message)));
         drop(model);
         if manifest.files.contains_key("tokenizer.json") {

@@ -11,12 +11,11 @@ use crate::proto::{GraphProto, ModelProto, NodeProto, TensorProto};
 /// library, which is never loaded for user models.
 pub const ALLOWED_DOMAINS: [&str; 4] = ["", "ai.onnx", "ai.onnx.ml", "com.microsoft"];
 
-/// Bounds the checks enforce.
+/// Bounds the checks enforce. The IR and opset bounds are sanity bounds that catch garbage early
+/// with a clear message; creating an ONNX Runtime session at commit is the precise judge.
 #[derive(Debug, Clone, Copy)]
 pub struct ValidationLimits {
-    /// Highest IR version the runtime reads (ONNX Runtime 1.31: IR 11).
     pub max_ir_version: i64,
-    /// Highest default-domain opset the runtime implements (ONNX Runtime 1.31: 23).
     pub max_opset: i64,
     /// Largest model file accepted, in bytes.
     pub max_model_bytes: u64,
@@ -24,7 +23,7 @@ pub struct ValidationLimits {
 
 impl Default for ValidationLimits {
     fn default() -> Self {
-        ValidationLimits { max_ir_version: 11, max_opset: 23, max_model_bytes: 4 << 30 }
+        ValidationLimits { max_ir_version: 13, max_opset: 30, max_model_bytes: 4 << 30 }
     }
 }
 
