@@ -232,7 +232,7 @@ async fn the_official_openai_client_gets_embeddings_equal_to_onnx_runtime() {
 }
 
 #[tokio::test]
-async fn the_cli_lists_shows_infers_and_embeds() {
+async fn the_cli_pushes_files_lists_shows_infers_and_embeds() {
     let s = stack();
     let lmaas = |args: &[&str]| {
         let output = std::process::Command::new(lmaas_tests::root().join("target/debug/lmaas"))
@@ -245,6 +245,10 @@ async fn the_cli_lists_shows_infers_and_embeds() {
         assert!(output.status.success(), "lmaas {args:?}: {}", String::from_utf8_lossy(&output.stderr));
         String::from_utf8(output.stdout).unwrap()
     };
+    let model_file = lmaas_tests::root().join(".lmaas/samples/mlp/model.onnx");
+    let pushed =
+        lmaas(&["push", model_file.to_str().unwrap(), "--model", "cli-files", "--version", "3", "--tag", "prod"]);
+    assert!(pushed.contains("cli-files:3 is ready") && pushed.contains("tagged prod"), "{pushed}");
     let listing = lmaas(&["models", "ls"]);
     assert!(listing.lines().any(|l| l.starts_with("minilm")) && listing.contains("mlp"), "{listing}");
     let shown = lmaas(&["models", "show", "mlp"]);

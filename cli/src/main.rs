@@ -31,9 +31,11 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
-    /// Upload a model folder (model.onnx, optional tokenizer.json, lmaas.json) as a new version.
+    /// Upload a model folder, or its files (model.onnx, optional tokenizer.json, lmaas.json,
+    /// external data), as a new version.
     Push {
-        dir: std::path::PathBuf,
+        #[arg(required = true)]
+        paths: Vec<std::path::PathBuf>,
         #[arg(long)]
         model: String,
         #[arg(long)]
@@ -110,8 +112,8 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Keys { command } => keys(&cli.bucket, command).await,
-        Command::Push { dir, model, version, task, tags } => {
-            push::push(&api::Api::from_env()?, &dir, &model, version, &task, &tags).await
+        Command::Push { paths, model, version, task, tags } => {
+            push::push(&api::Api::from_env()?, &paths, &model, version, &task, &tags).await
         }
         Command::Models { command } => models(&api::Api::from_env()?, command).await,
         Command::Embed { model, texts } => {

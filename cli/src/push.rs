@@ -2,7 +2,7 @@
 //! its presigned URL with a progress bar, commit, and tag.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use futures_util::StreamExt;
@@ -15,21 +15,29 @@ use tokio_util::io::ReaderStream;
 
 use crate::api::Api;
 
-pub async fn push(api: &Api, dir: &Path, model: &str, version: u32, task: &str, tags: &[String]) -> anyhow::Result<()> {
-    let mut files = BTreeMap::new();
-    let mut entries: Vec<_> =
-        std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?.collect::<Result<_, _>>()?;
-    entries.sort_by_key(|e| e.file_name());
-    for entry in entries {
-        if !entry.file_type()?.is_file() {
-            continue;
+/// Pushes `paths` (one folder, whose plain files are taken, or the files themselves) as a version.
+pub async fn push(
+    api: &Api,
+    paths: &[PathBuf],
+    model: &str,
+    version: u32,
+    task: &str,
+    tags: &[String],
+) -> anyhow::Result<()> {
+    let mut local = BTreeMap::new();
+    for path in files_of(paths)? {
+        let name = path.file_name().context("a file without a name")?.to_string_lossy().into_owned();
+        if local.insert(name.clone(), path).is_some() {
+            bail!("two files are named {name}");
         }
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let (sha256, size) = hash(&entry.path()).await?;
-        files.insert(name, json!({ "sha256": sha256, "size": size }));
     }
-    if !files.contains_key("model.onnx") {
-        bail!("{} has no model.onnx", dir.display());
+    if !local.contains_key("model.onnx") {
+        bail!("no model.onnx among the files to push");
+    }
+    let mut files = BTreeMap::new();
+    for (name, path) in &local {
+        let (sha256, size) = hash(path).await?;
+        files.insert(name.clone(), json!({ "sha256": sha256, "size": size }));
     }
     let declared = api
         .send(
@@ -40,7 +48,8 @@ pub async fn push(api: &Api, dir: &Path, model: &str, version: u32, task: &str, 
         .context("declaring the version")?;
     for (name, upload) in declared["uploads"].as_object().context("the API returned no upload URLs")? {
         let url = upload["url"].as_str().context("an upload has no URL")?;
-        upload_file(api, &dir.join(name), name, url).await?;
+        let path = local.get(name).with_context(|| format!("the API asked for {name}, which was not declared"))?;
+        upload_file(api, path, name, url).await?;
     }
     let manifest = api
         .send(api.request(Method::POST, &format!("/v1/models/{model}/versions/{version}/commit")))
@@ -56,6 +65,27 @@ pub async fn push(api: &Api, dir: &Path, model: &str, version: u32, task: &str, 
     let inputs = manifest["inputs"].as_array().map_or(0, Vec::len);
     println!("{model}:{version} is {} ({inputs} inputs){}", manifest["state"].as_str().unwrap_or("?"), tag_note(tags));
     Ok(())
+}
+
+fn files_of(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
+    if let [dir] = paths {
+        if dir.is_dir() {
+            let mut files = Vec::new();
+            for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+                let entry = entry?;
+                if entry.file_type()?.is_file() {
+                    files.push(entry.path());
+                }
+            }
+            return Ok(files);
+        }
+    }
+    for path in paths {
+        if !path.is_file() {
+            bail!("{} is not a file (give one folder, or files)", path.display());
+        }
+    }
+    Ok(paths.to_vec())
 }
 
 fn tag_note(tags: &[String]) -> String {
