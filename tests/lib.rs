@@ -72,21 +72,20 @@ fn start_stack() -> Stack {
 }
 
 impl Stack {
-    /// An S3 client for the emulator, through the real SDK.
-    pub async fn s3(&self) -> aws_sdk_s3::Client {
-        let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+    /// SDK configuration for the emulator.
+    pub async fn sdk_config(&self) -> aws_config::SdkConfig {
+        let credentials = aws_sdk_s3::config::Credentials::new("lmaas-local", "lmaas-local", None, None, "tests");
+        aws_config::defaults(aws_config::BehaviorVersion::latest())
             .endpoint_url(&self.env["AWS_ENDPOINT_URL"])
             .region(aws_config::Region::new("us-east-1"))
-            .credentials_provider(aws_sdk_s3::config::Credentials::new(
-                "lmaas-local",
-                "lmaas-local",
-                None,
-                None,
-                "tests",
-            ))
+            .credentials_provider(credentials)
             .load()
-            .await;
-        let s3 = aws_sdk_s3::config::Builder::from(&config).force_path_style(true).build();
+            .await
+    }
+
+    /// An S3 client for the emulator, through the real SDK.
+    pub async fn s3(&self) -> aws_sdk_s3::Client {
+        let s3 = aws_sdk_s3::config::Builder::from(&self.sdk_config().await).force_path_style(true).build();
         aws_sdk_s3::Client::from_conf(s3)
     }
 

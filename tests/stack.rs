@@ -3,6 +3,7 @@
 //! the same inputs, computed independently in Python when the fixtures were made.
 
 mod auth;
+mod jobs;
 mod registry;
 
 use lmaas_tests::{assert_tensor_matches, client, fixture, stack};

@@ -102,6 +102,30 @@ pub struct ModelsConfig {
     pub alias_ttl: Duration,
 }
 
+/// The jobs function's configuration.
+#[derive(Debug, Clone)]
+pub struct JobsConfig {
+    pub bucket: String,
+    pub queue_url: String,
+    pub auth: AuthConfig,
+    pub alias_ttl: Duration,
+}
+
+impl JobsConfig {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    pub fn from_lookup(env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        Ok(JobsConfig {
+            bucket: required(&env, "LMAAS_BUCKET")?,
+            queue_url: required(&env, "LMAAS_JOBS_QUEUE_URL")?,
+            auth: AuthConfig::from_lookup(&env)?,
+            alias_ttl: alias_ttl(&env)?,
+        })
+    }
+}
+
 impl InferConfig {
     pub fn from_env() -> Result<Self, ConfigError> {
         Self::from_lookup(|name| std::env::var(name).ok())
@@ -205,6 +229,12 @@ mod tests {
         let err = AuthConfig::from_lookup(lookup(&[("LMAAS_JWKS", "{}"), ("LMAAS_JWT_ISSUER", "i")])).unwrap_err();
         assert!(err.to_string().contains("LMAAS_JWT_AUDIENCE"));
         assert!(AuthConfig::from_lookup(lookup(&[])).unwrap().jwks.is_none());
+    }
+
+    #[test]
+    fn the_jobs_function_needs_its_queue() {
+        let err = JobsConfig::from_lookup(lookup(&[("LMAAS_BUCKET", "b")])).unwrap_err();
+        assert_eq!(err.to_string(), "configuration: LMAAS_JOBS_QUEUE_URL must be set");
     }
 
     #[test]

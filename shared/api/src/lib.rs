@@ -8,6 +8,7 @@ pub mod config;
 pub mod context;
 pub mod embeddings;
 pub mod infer;
+pub mod jobs;
 pub mod lambda;
 pub mod models;
 pub mod registry;
@@ -15,6 +16,7 @@ pub mod response;
 pub mod routes;
 pub mod telemetry;
 
-pub use config::{AuthConfig, ConfigError, InferConfig, ModelsConfig};
+pub use config::{AuthConfig, ConfigError, InferConfig, JobsConfig, ModelsConfig};
 pub use infer::InferService;
+pub use jobs::JobsService;
 pub use models::ModelsService;

@@ -85,6 +85,9 @@ impl ModelsService {
                 ))
             }
             Route::Infer(_) | Route::Embeddings => Err(Error::not_found("inference is served by the infer function")),
+            Route::SubmitJob | Route::ListJobs | Route::GetJob(_) | Route::CancelJob(_) => {
+                Err(Error::not_found("jobs are served by the jobs function"))
+            }
             Route::ListModels => self.registry.list_models(call.principal()?, &self.resolver).await,
             Route::PutVersion(name, version) => {
                 self.registry.put_version(call.principal()?, name, *version, call.request.body()).await

@@ -3,6 +3,7 @@
 
 use http::Method;
 use lmaas_core::acl::Access;
+use lmaas_core::jobs::JobId;
 use lmaas_core::{AliasName, Error, ModelName, ModelRef, Scope, Version};
 
 /// A request's route, with its model reference parsed.
@@ -26,6 +27,10 @@ pub enum Route {
     Embeddings,
     /// `GET /v1/models` (OpenAI): the models the caller may use.
     ListModels,
+    SubmitJob,
+    ListJobs,
+    GetJob(JobId),
+    CancelJob(JobId),
 }
 
 impl Route {
@@ -38,6 +43,10 @@ impl Route {
             ["v2", "health", "ready"] => (Route::HealthReady, Method::GET),
             ["v1", "embeddings"] => (Route::Embeddings, Method::POST),
             ["v1", "models"] => (Route::ListModels, Method::GET),
+            ["v1", "jobs"] if *method == Method::POST => (Route::SubmitJob, Method::POST),
+            ["v1", "jobs"] => (Route::ListJobs, Method::GET),
+            ["v1", "jobs", id] => (Route::GetJob(JobId::parse(id)?), Method::GET),
+            ["v1", "jobs", id, "cancel"] => (Route::CancelJob(JobId::parse(id)?), Method::POST),
             ["v1", "models", model, rest @ ..] => return registry_route(method, path, model, rest),
             ["v2", "models", model, rest @ ..] => {
                 let (version, action) = match rest {
@@ -69,6 +78,8 @@ impl Route {
             Route::ModelMetadata(_) | Route::ModelReady(_) => Some(Scope::ModelsRead),
             Route::Infer(_) | Route::Embeddings => Some(Scope::Infer),
             Route::ListModels => Some(Scope::ModelsRead),
+            Route::SubmitJob | Route::CancelJob(_) => Some(Scope::JobsWrite),
+            Route::ListJobs | Route::GetJob(_) => Some(Scope::JobsRead),
             Route::GetVersion(..) | Route::ListVersions(_) => Some(Scope::ModelsRead),
             Route::PutVersion(..) | Route::CommitVersion(..) | Route::DeleteVersion(..) | Route::PutAlias(..) => {
                 Some(Scope::ModelsWrite)

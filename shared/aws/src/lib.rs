@@ -2,9 +2,11 @@
 //! emulator; only `AWS_ENDPOINT_URL` differs.
 
 pub mod config;
+pub mod jobs;
 pub mod keys;
 pub mod s3;
 
 pub use config::sdk_config;
+pub use jobs::{S3JobStore, SqsJobQueue};
 pub use keys::S3KeyStore;
 pub use s3::S3ModelStore;

@@ -4,7 +4,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -108,9 +108,7 @@ pub fn format_api_key(random: &[u8; 32]) -> String {
     format!("{API_KEY_PREFIX}{}", hex::encode(random))
 }
 
-pub fn now_seconds() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
+pub use crate::time::now_seconds;
 
 /// Where API key records live (S3 in production).
 #[async_trait]

@@ -5,6 +5,7 @@
 pub mod acl;
 pub mod auth;
 pub mod error;
+pub mod jobs;
 pub mod jwt;
 pub mod limits;
 pub mod manifest;
@@ -12,6 +13,7 @@ pub mod names;
 pub mod resolver;
 pub mod store;
 pub mod tensor;
+pub mod time;
 pub mod v2;
 
 pub use auth::{Principal, Scope};

@@ -1,0 +1,177 @@
+//! Jobs: long work that goes through SQS to workers. The record in S3 (`jobs/{id}.json`) is the
+//! truth; it changes only by conditional writes, so two writers can never both win.
+
+use std::fmt;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::names::printable;
+use crate::{Error, StoreError};
+
+/// A job id: `job_` + 24 lowercase hex digits.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct JobId(String);
+
+impl JobId {
+    /// A new id from 12 random bytes.
+    pub fn from_random(bytes: [u8; 12]) -> Self {
+        JobId(format!("job_{}", hex::encode(bytes)))
+    }
+
+    pub fn parse(raw: &str) -> Result<Self, Error> {
+        let valid = raw
+            .strip_prefix("job_")
+            .is_some_and(|h| h.len() == 24 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')));
+        if valid {
+            Ok(JobId(raw.to_string()))
+        } else {
+            Err(Error::bad_request(format!("'{}' is not a job id", printable(raw))))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for JobId {
+    type Error = Error;
+    fn try_from(raw: String) -> Result<Self, Error> {
+        JobId::parse(&raw)
+    }
+}
+
+impl From<JobId> for String {
+    fn from(id: JobId) -> String {
+        id.0
+    }
+}
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobType {
+    BatchEmbed,
+    BatchInfer,
+    Quantize,
+    TrainClassifier,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl JobStatus {
+    pub fn is_terminal(self) -> bool {
+        matches!(self, JobStatus::Succeeded | JobStatus::Failed | JobStatus::Cancelled)
+    }
+
+    pub fn parse(raw: &str) -> Result<Self, Error> {
+        serde_json::from_value(Value::String(raw.to_string())).map_err(|_| {
+            Error::bad_request(format!(
+                "'status' must be queued, running, succeeded, failed or cancelled, not '{}'",
+                printable(raw)
+            ))
+        })
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    pub done: u64,
+    pub total: Option<u64>,
+}
+
+/// The job record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    pub id: JobId,
+    #[serde(rename = "type")]
+    pub job_type: JobType,
+    pub status: JobStatus,
+    pub progress: Progress,
+    pub model: String,
+    pub input: String,
+    pub output: String,
+    #[serde(default)]
+    pub params: Value,
+    pub error: Option<String>,
+    pub attempts: u32,
+    pub created_at: String,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    /// Asked to stop; a running job stops at its next chunk boundary.
+    #[serde(default)]
+    pub cancel_requested: bool,
+    pub tenant: String,
+    pub principal: String,
+}
+
+/// What an idempotency key maps to: the job it created and a hash of the request that did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdempotencyRecord {
+    pub job_id: JobId,
+    pub request_sha256: String,
+}
+
+/// An opaque version of a stored record, for compare-and-swap (S3's ETag).
+pub type Revision = String;
+
+/// Job records, with compare-and-swap updates.
+#[async_trait]
+pub trait JobStore: Send + Sync {
+    /// Creates the record; `false` if one with this id exists (If-None-Match).
+    async fn create(&self, job: &Job) -> Result<bool, StoreError>;
+    async fn get(&self, id: &JobId) -> Result<Option<(Job, Revision)>, StoreError>;
+    /// Replaces the record if it is still at `revision`; `false` if someone else wrote first.
+    async fn update(&self, job: &Job, revision: &Revision) -> Result<bool, StoreError>;
+    async fn list(&self) -> Result<Vec<Job>, StoreError>;
+    /// Claims an idempotency key for a job; the existing claim if there is one.
+    async fn claim_idempotency_key(
+        &self,
+        key_hash: &str,
+        record: &IdempotencyRecord,
+    ) -> Result<Option<IdempotencyRecord>, StoreError>;
+}
+
+/// The jobs queue: messages carry only the job id.
+#[async_trait]
+pub trait JobQueue: Send + Sync {
+    async fn enqueue(&self, id: &JobId) -> Result<(), StoreError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_ids_are_checked() {
+        let id = JobId::from_random([0xab; 12]);
+        assert_eq!(JobId::parse(id.as_str()).unwrap(), id);
+        for bad in ["job_", "job_XYZ", "../jobs/x", "job_abababababababababababab0"] {
+            assert!(JobId::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn statuses_parse_and_know_when_they_are_final() {
+        assert_eq!(JobStatus::parse("running").unwrap(), JobStatus::Running);
+        assert!(JobStatus::parse("done").unwrap_err().to_string().contains("'status'"));
+        assert!(JobStatus::Cancelled.is_terminal() && !JobStatus::Queued.is_terminal());
+        assert_eq!(serde_json::to_value(JobType::BatchEmbed).unwrap(), "batch_embed");
+    }
+}
