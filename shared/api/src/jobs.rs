@@ -129,7 +129,7 @@ impl JobsService {
             params: body.params,
             error: None,
             attempts: 0,
-            created_at: lmaas_core::time::now_rfc3339(),
+            created_at: lmaas_core::time::now_rfc3339_millis(),
             started_at: None,
             finished_at: None,
             cancel_requested: false,
@@ -185,7 +185,7 @@ impl JobsService {
             job.cancel_requested = true;
             if job.status == JobStatus::Queued {
                 job.status = JobStatus::Cancelled;
-                job.finished_at = Some(lmaas_core::time::now_rfc3339());
+                job.finished_at = Some(lmaas_core::time::now_rfc3339_millis());
                 job.error = Some("cancelled before it started".into());
             }
             if self.jobs.update(&job, &revision).await.map_err(store_error)? {
@@ -200,7 +200,7 @@ impl JobsService {
         if let Some((mut job, revision)) = self.jobs.get(id).await.map_err(store_error)? {
             job.status = status;
             job.error = error;
-            job.finished_at = Some(lmaas_core::time::now_rfc3339());
+            job.finished_at = Some(lmaas_core::time::now_rfc3339_millis());
             self.jobs.update(&job, &revision).await.map_err(store_error)?;
         }
         Ok(())

@@ -11,6 +11,13 @@ pub fn now_rfc3339() -> String {
     rfc3339(now_seconds())
 }
 
+/// Now as `YYYY-MM-DDTHH:MM:SS.mmmZ`: job records sort by it, and submits come faster than seconds.
+pub fn now_rfc3339_millis() -> String {
+    let millis = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    let seconds = rfc3339(millis / 1000);
+    format!("{}.{:03}Z", seconds.trim_end_matches('Z'), millis % 1000)
+}
+
 /// Seconds since the epoch as `YYYY-MM-DDTHH:MM:SSZ` (civil-from-days; no date crate needed).
 pub fn rfc3339(seconds: u64) -> String {
     let days = (seconds / 86_400) as i64;
@@ -54,6 +61,9 @@ mod tests {
             assert_eq!(epoch_seconds(&rfc3339(seconds)), seconds);
         }
         assert_eq!(epoch_seconds("yesterday"), 0);
+        let now = now_rfc3339_millis();
+        assert_eq!(now.len(), 24, "{now}");
+        assert!(epoch_seconds(&now) >= now_seconds() - 1);
     }
 
     #[test]
