@@ -2,12 +2,11 @@
 
 use async_trait::async_trait;
 use aws_sdk_s3::error::DisplayErrorContext;
-use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::Client;
 use lmaas_core::auth::{KeyRecord, KeyStore};
 use lmaas_core::StoreError;
 
-use crate::s3::get_bytes;
+use crate::object::{get_json, put_json, Write};
 
 const PREFIX: &str = "auth/keys/";
 
@@ -33,28 +32,14 @@ impl KeyStore for S3KeyStore {
         if !is_hash(hash) {
             return Ok(None);
         }
-        let key = format!("{PREFIX}{hash}.json");
-        let Some(bytes) = get_bytes(&self.client, &self.bucket, &key).await? else { return Ok(None) };
-        serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| StoreError(format!("s3://{}/{key} is not a valid key record: {e}", self.bucket)))
+        Ok(get_json(&self.client, &self.bucket, &format!("{PREFIX}{hash}.json")).await?.map(|(record, _)| record))
     }
 
     async fn put_key(&self, hash: &str, record: &KeyRecord) -> Result<(), StoreError> {
         if !is_hash(hash) {
             return Err(StoreError(format!("'{hash}' is not a sha256")));
         }
-        let body = serde_json::to_vec_pretty(record).map_err(|e| StoreError(e.to_string()))?;
-        self.client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(format!("{PREFIX}{hash}.json"))
-            .content_type("application/json")
-            .body(ByteStream::from(body))
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(|e| StoreError(format!("writing key record: {}", DisplayErrorContext(&e))))
+        put_json(&self.client, &self.bucket, &format!("{PREFIX}{hash}.json"), record, Write::Always).await.map(|_| ())
     }
 
     async fn list_keys(&self) -> Result<Vec<(String, KeyRecord)>, StoreError> {

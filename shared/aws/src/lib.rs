@@ -4,6 +4,7 @@
 pub mod config;
 pub mod jobs;
 pub mod keys;
+mod object;
 pub mod s3;
 
 pub use config::sdk_config;

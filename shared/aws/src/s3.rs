@@ -6,12 +6,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_s3::error::{DisplayErrorContext, SdkError};
-use aws_sdk_s3::operation::get_object::GetObjectError;
 use aws_sdk_s3::presigning::PresigningConfig;
-use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::Client;
 use lmaas_core::{AliasName, Manifest, ModelName, ModelStore, RegistryStore, StoreError, Version};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+
+use crate::object::{get_json, put_json, Write};
 use tokio::io::AsyncWriteExt;
 
 /// Model versions stored in S3.
@@ -21,22 +21,9 @@ pub struct S3ModelStore {
     bucket: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Serialize, Deserialize)]
 struct AliasRecord {
     version: Version,
-}
-
-/// The object's bytes, or `None` if there is no such key.
-pub(crate) async fn get_bytes(client: &Client, bucket: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-    match client.get_object().bucket(bucket).key(key).send().await {
-        Ok(object) => {
-            let body =
-                object.body.collect().await.map_err(|e| StoreError(format!("reading s3://{bucket}/{key}: {e}")))?;
-            Ok(Some(body.into_bytes().to_vec()))
-        }
-        Err(SdkError::ServiceError(e)) if matches!(e.err(), GetObjectError::NoSuchKey(_)) => Ok(None),
-        Err(e) => Err(StoreError(format!("getting s3://{bucket}/{key}: {}", DisplayErrorContext(&e)))),
-    }
 }
 
 impl S3ModelStore {
@@ -60,19 +47,12 @@ impl S3ModelStore {
 #[async_trait]
 impl ModelStore for S3ModelStore {
     async fn manifest(&self, name: &ModelName, version: Version) -> Result<Option<Manifest>, StoreError> {
-        let key = Self::manifest_key(name, version);
-        let Some(bytes) = get_bytes(&self.client, &self.bucket, &key).await? else { return Ok(None) };
-        serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| StoreError(format!("s3://{}/{key} is not a valid manifest: {e}", self.bucket)))
+        Ok(get_json(&self.client, &self.bucket, &Self::manifest_key(name, version)).await?.map(|(m, _)| m))
     }
 
     async fn alias(&self, name: &ModelName, alias: &AliasName) -> Result<Option<Version>, StoreError> {
-        let key = Self::alias_key(name, alias);
-        let Some(bytes) = get_bytes(&self.client, &self.bucket, &key).await? else { return Ok(None) };
-        let record: AliasRecord = serde_json::from_slice(&bytes)
-            .map_err(|e| StoreError(format!("s3://{}/{key} is not a valid alias record: {e}", self.bucket)))?;
-        Ok(Some(record.version))
+        let record = get_json::<AliasRecord>(&self.client, &self.bucket, &Self::alias_key(name, alias)).await?;
+        Ok(record.map(|(r, _)| r.version))
     }
 
     async fn download(&self, name: &ModelName, version: Version, file: &str, dest: &Path) -> Result<(), StoreError> {
@@ -111,22 +91,8 @@ impl ModelStore for S3ModelStore {
 impl RegistryStore for S3ModelStore {
     async fn put_manifest(&self, manifest: &Manifest, create_only: bool) -> Result<bool, StoreError> {
         let key = Self::manifest_key(&manifest.name, manifest.version);
-        let body = serde_json::to_vec_pretty(manifest).map_err(|e| StoreError(e.to_string()))?;
-        let mut request = self
-            .client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(&key)
-            .content_type("application/json")
-            .body(ByteStream::from(body));
-        if create_only {
-            request = request.if_none_match("*");
-        }
-        match request.send().await {
-            Ok(_) => Ok(true),
-            Err(SdkError::ServiceError(e)) if e.raw().status().as_u16() == 412 => Ok(false),
-            Err(e) => Err(StoreError(format!("writing s3://{}/{key}: {}", self.bucket, DisplayErrorContext(&e)))),
-        }
+        let write = if create_only { Write::IfAbsent } else { Write::Always };
+        put_json(&self.client, &self.bucket, &key, manifest, write).await
     }
 
     async fn models(&self) -> Result<Vec<ModelName>, StoreError> {
@@ -165,19 +131,8 @@ impl RegistryStore for S3ModelStore {
     }
 
     async fn put_alias(&self, name: &ModelName, alias: &AliasName, version: Version) -> Result<(), StoreError> {
-        let key = Self::alias_key(name, alias);
-        let body =
-            serde_json::to_vec(&serde_json::json!({ "version": version })).map_err(|e| StoreError(e.to_string()))?;
-        self.client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(&key)
-            .content_type("application/json")
-            .body(ByteStream::from(body))
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(|e| StoreError(format!("writing s3://{}/{key}: {}", self.bucket, DisplayErrorContext(&e))))
+        let record = AliasRecord { version };
+        put_json(&self.client, &self.bucket, &Self::alias_key(name, alias), &record, Write::Always).await.map(|_| ())
     }
 
     async fn delete_alias(&self, name: &ModelName, alias: &AliasName) -> Result<(), StoreError> {

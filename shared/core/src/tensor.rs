@@ -125,11 +125,6 @@ impl Tensor {
         }
     }
 
-    /// The data as a flat JSON array, the V2 JSON form.
-    pub fn to_json_data(&self) -> Value {
-        serde_json::to_value(self.json_data()).expect("tensor data always serializes")
-    }
-
     /// The data as a serializable flat array, written element by element without building a JSON
     /// tree (responses can hold hundreds of thousands of floats). Non-finite floats become `null`,
     /// since JSON has no NaN; clients that need them exactly ask for binary outputs.
@@ -273,8 +268,13 @@ mod tests {
         for datatype in DataType::ALL.into_iter().filter(|t| !matches!(t, DataType::Bytes | DataType::Bool)) {
             let data = convert(datatype, json!([0, 1, 2, 100])).unwrap();
             let tensor = Tensor { name: "x".into(), datatype, shape: vec![4], data };
-            let back: Vec<f64> =
-                tensor.to_json_data().as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+            let back: Vec<f64> = serde_json::to_value(tensor.json_data())
+                .unwrap()
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap())
+                .collect();
             assert_eq!(back, vec![0.0, 1.0, 2.0, 100.0], "{datatype}");
         }
     }

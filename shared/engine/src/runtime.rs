@@ -14,7 +14,6 @@ const LAMBDA_LAYER_LIBRARY: &str = "/opt/lib/libonnxruntime.so";
 /// The loaded ONNX Runtime and its environment.
 pub struct Runtime {
     pub(crate) environment: Environment,
-    library: PathBuf,
 }
 
 static RUNTIME: OnceLock<Result<Runtime, String>> = OnceLock::new();
@@ -42,16 +41,12 @@ impl Runtime {
             .build()
             .map_err(|e| format!("creating the ONNX Runtime environment: {e}"))?;
         tracing::info!(library = %library.display(), "ONNX Runtime loaded");
-        Ok(Runtime { environment, library })
+        Ok(Runtime { environment })
     }
 
     /// The ORT environment, for code that builds sessions itself (benchmarks' raw baseline).
     pub fn environment(&self) -> &Environment {
         &self.environment
-    }
-
-    pub fn library(&self) -> &std::path::Path {
-        &self.library
     }
 
     /// Whether the loaded library was built with CUDA support (registration can still fail
