@@ -29,7 +29,7 @@ async fn a_submitted_job_is_recorded_queued_and_its_id_sent_to_sqs() {
     let id = job["id"].as_str().unwrap().to_string();
     assert_eq!((job["status"].as_str(), job["type"].as_str()), (Some("queued"), Some("batch_embed")));
     assert_eq!(job["output"], format!("s3://lmaas-local/results/{id}/"));
-    assert_eq!(job["progress"], json!({"done": 0, "total": null}));
+    assert_eq!(job["progress"], json!({"done": 0, "total": null, "errors": 0}));
 
     let (status, read) = call(Method::GET, &format!("/v1/jobs/{id}"), Some(&key), None).await;
     assert_eq!((status, &read), (StatusCode::OK, &job));

@@ -1,8 +1,9 @@
-//! `lmaas`: the command line. `push`, `models` and `infer` use the HTTP API (`LMAAS_URL`,
+//! `lmaas`: the command line. `push`, `models`, `jobs` and `infer` use the HTTP API (`LMAAS_URL`,
 //! `LMAAS_TOKEN`, or `.lmaas/dev.env`); `keys` manages API keys directly in the bucket (so AWS IAM
 //! decides who may), storing only each key's sha256.
 
 mod api;
+mod jobs;
 mod push;
 
 use std::collections::BTreeSet;
@@ -58,6 +59,11 @@ enum Command {
         model: String,
         #[arg(required = true)]
         texts: Vec<String>,
+    },
+    /// Submit, follow and cancel jobs; upload batch inputs.
+    Jobs {
+        #[command(subcommand)]
+        command: jobs::JobsCommand,
     },
     /// Run a V2 inference request (JSON) and print the answer.
     Infer {
@@ -116,6 +122,7 @@ async fn main() -> anyhow::Result<()> {
             push::push(&api::Api::from_env()?, &paths, &model, version, &task, &tags).await
         }
         Command::Models { command } => models(&api::Api::from_env()?, command).await,
+        Command::Jobs { command } => jobs::jobs(&cli.bucket, command).await,
         Command::Embed { model, texts } => {
             let api = api::Api::from_env()?;
             let body = serde_json::json!({ "model": model, "input": texts, "encoding_format": "float" });

@@ -3,8 +3,12 @@
 # models in S3, and every function under `cargo lambda watch` with the API's real paths.
 # Stops everything it started on Ctrl-C / SIGTERM (or when --watch-parent PID exits).
 #
-# Settings (env): LMAAS_DEV_PORT (9000), LMAAS_EMULATOR_PORT (5000),
-#                 LMAAS_DEV_ENV_FILE (.lmaas/dev.env), LMAAS_STATE_DIR (.lmaas/dev)
+# Batch uploads work end to end: the bucket notifies an ingest queue (S3 -> SQS), a local event
+# source mapping invokes the ingest function with it, and one worker daemon runs the jobs.
+#
+# Settings (env): LMAAS_DEV_PORT (9000), LMAAS_EMULATOR_PORT (5000), LMAAS_METRICS_ADDR
+#                 (127.0.0.1:9102, the daemon's /metrics), LMAAS_DEV_ENV_FILE (.lmaas/dev.env),
+#                 LMAAS_STATE_DIR (.lmaas/dev)
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$root"
@@ -60,7 +64,8 @@ wait_for "http://127.0.0.1:$emulator_port/moto-api/" 30 "the emulator"
 
 export AWS_ENDPOINT_URL="http://127.0.0.1:$emulator_port" AWS_REGION=us-east-1 \
   AWS_ACCESS_KEY_ID=lmaas-local AWS_SECRET_ACCESS_KEY=lmaas-local
-queue_url="$("$venv/bin/python" infra/local/bootstrap.py --bucket "$bucket" --queue lmaas-jobs)"
+{ read -r queue_url; read -r ingest_queue_url; } < <("$venv/bin/python" infra/local/bootstrap.py \
+  --bucket "$bucket" --queue lmaas-jobs --ingest-queue lmaas-ingest)
 
 log "building the functions and the CLI"
 cargo build --workspace --bins >&2
@@ -79,6 +84,10 @@ AWS_ACCESS_KEY_ID=$AWS_ACCESS_KEY_ID
 AWS_SECRET_ACCESS_KEY=$AWS_SECRET_ACCESS_KEY
 LMAAS_BUCKET=$bucket
 LMAAS_JOBS_QUEUE_URL=$queue_url
+LMAAS_INGEST_QUEUE_URL=$ingest_queue_url
+LMAAS_METRICS_ADDR=${LMAAS_METRICS_ADDR:-127.0.0.1:9102}
+LMAAS_JOB_RETRY_BASE_SECONDS=2
+LMAAS_JOB_RETRY_MAX_SECONDS=30
 LMAAS_JWKS='$jwks'
 LMAAS_JWT_ISSUER=lmaas-dev
 LMAAS_JWT_AUDIENCE=lmaas
@@ -102,6 +111,12 @@ for sample in mlp:tensor dtypes:tensor minilm:embeddings; do
   LMAAS_URL="http://127.0.0.1:$port" LMAAS_TOKEN="$token" \
     target/debug/lmaas push ".lmaas/samples/${sample%%:*}" --model "${sample%%:*}" --version 1 --task "${sample##*:}" >&2
 done
+log "starting the ingest event source and one worker daemon (metrics on ${LMAAS_METRICS_ADDR:-127.0.0.1:9102})"
+"$venv/bin/python" infra/local/event_source.py --queue-url "$ingest_queue_url" --function ingest \
+  --invoke-url "http://127.0.0.1:$port" > "$state/event-source.log" 2>&1 &
+pids+=($!)
+(set -a; . "$env_file"; set +a; exec target/debug/worker --daemon) > "$state/worker.log" 2>&1 &
+pids+=($!)
 # Warm both functions so the first real request does not pay their start.
 curl -s -o /dev/null -X POST -H 'content-type: application/json' -H "authorization: Bearer $token" \
   -d @samples/requests/mlp.json "http://127.0.0.1:$port/v2/models/mlp/infer" 2>/dev/null || true
@@ -114,6 +129,8 @@ lmaas dev stack ready on http://127.0.0.1:$port  (env: $env_file, logs: $state/*
   curl -s -X POST http://127.0.0.1:$port/v2/models/minilm/infer -H "authorization: Bearer $token" -H 'content-type: application/json' \\
     -d @samples/requests/minilm.json
   curl -s http://127.0.0.1:$port/v2/models/minilm -H "authorization: Bearer $token"
+  # batch embeddings from an upload (S3 -> ingest -> worker); results land under results/{job_id}/
+  set -a; . $env_file; set +a; target/debug/lmaas jobs upload minilm samples/batch/sentences.jsonl --wait
 MSG
 if [ -n "$watch_parent" ]; then
   while kill -0 "$watch_parent" 2>/dev/null; do sleep 1; done

@@ -111,6 +111,77 @@ pub struct JobsConfig {
     pub alias_ttl: Duration,
 }
 
+/// The ingest function's configuration (S3 batch uploads → jobs).
+#[derive(Debug, Clone)]
+pub struct IngestConfig {
+    pub bucket: String,
+    pub queue_url: String,
+    pub alias_ttl: Duration,
+}
+
+impl IngestConfig {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    pub fn from_lookup(env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        Ok(IngestConfig {
+            bucket: required(&env, "LMAAS_BUCKET")?,
+            queue_url: required(&env, "LMAAS_JOBS_QUEUE_URL")?,
+            alias_ttl: alias_ttl(&env)?,
+        })
+    }
+}
+
+/// The worker's configuration, for both modes (Lambda SQS handler and `--daemon`).
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub bucket: String,
+    /// The jobs queue; the daemon polls it, the Lambda mode uses it to release messages early.
+    pub queue_url: Option<String>,
+    pub cache: CacheConfig,
+    pub alias_ttl: Duration,
+    /// Jobs one daemon runs at once (`LMAAS_WORKER_CONCURRENCY`, default 1: a job already uses
+    /// every core through ONNX Runtime's threads).
+    pub concurrency: usize,
+    /// Where the daemon serves Prometheus `/metrics` (`LMAAS_METRICS_ADDR`); unset: nowhere.
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// First retry delay after a transient failure, doubled per attempt up to `retry_max`
+    /// (`LMAAS_JOB_RETRY_BASE_SECONDS` 5, `LMAAS_JOB_RETRY_MAX_SECONDS` 300).
+    pub retry_base: Duration,
+    pub retry_max: Duration,
+}
+
+impl WorkerConfig {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    pub fn from_lookup(env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let metrics_addr = optional(&env, "LMAAS_METRICS_ADDR")
+            .map(|raw| raw.parse().map_err(|_| ConfigError(format!("LMAAS_METRICS_ADDR='{raw}' is not host:port"))))
+            .transpose()?;
+        let concurrency = parsed(&env, "LMAAS_WORKER_CONCURRENCY")?.unwrap_or(1);
+        if concurrency == 0 {
+            return Err(ConfigError::new("LMAAS_WORKER_CONCURRENCY must be at least 1"));
+        }
+        Ok(WorkerConfig {
+            bucket: required(&env, "LMAAS_BUCKET")?,
+            queue_url: optional(&env, "LMAAS_JOBS_QUEUE_URL"),
+            cache: CacheConfig {
+                dir: cache_dir(&env),
+                max_bytes: parsed(&env, "LMAAS_MODEL_CACHE_BYTES")?.unwrap_or(4 << 30),
+                providers: providers(&env)?,
+            },
+            alias_ttl: alias_ttl(&env)?,
+            concurrency,
+            metrics_addr,
+            retry_base: Duration::from_secs(parsed(&env, "LMAAS_JOB_RETRY_BASE_SECONDS")?.unwrap_or(5)),
+            retry_max: Duration::from_secs(parsed(&env, "LMAAS_JOB_RETRY_MAX_SECONDS")?.unwrap_or(300)),
+        })
+    }
+}
+
 impl JobsConfig {
     pub fn from_env() -> Result<Self, ConfigError> {
         Self::from_lookup(|name| std::env::var(name).ok())

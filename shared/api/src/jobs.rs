@@ -8,7 +8,7 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use lmaas_core::acl::authorize;
 use lmaas_core::auth::Authenticator;
-use lmaas_core::jobs::{IdempotencyRecord, Job, JobId, JobQueue, JobStatus, JobStore, JobType, Progress};
+use lmaas_core::jobs::{default_output, IdempotencyRecord, Job, JobId, JobQueue, JobStatus, JobStore, JobType};
 use lmaas_core::manifest::Task;
 use lmaas_core::{Error, ModelRef, ModelResolver, Principal, Scope};
 use serde::Deserialize;
@@ -116,26 +116,18 @@ impl JobsService {
         }
         let output = match &body.output {
             Some(output) => self.s3_uri("output", output, true)?,
-            None => format!("s3://{}/results/{id}/", self.bucket),
+            None => default_output(&self.bucket, &id),
         };
-        let job = Job {
-            id: id.clone(),
-            job_type: body.job_type,
-            status: JobStatus::Queued,
-            progress: Progress::default(),
-            model: body.model,
+        let job = Job::queued(
+            id.clone(),
+            body.job_type,
+            body.model,
             input,
             output,
-            params: body.params,
-            error: None,
-            attempts: 0,
-            created_at: lmaas_core::time::now_rfc3339_millis(),
-            started_at: None,
-            finished_at: None,
-            cancel_requested: false,
-            tenant: principal.tenant.clone(),
-            principal: principal.id.clone(),
-        };
+            body.params,
+            principal.tenant.clone(),
+            principal.id.clone(),
+        );
         if !self.jobs.create(&job).await.map_err(store_error)? {
             let (existing, _) = self
                 .jobs
@@ -145,12 +137,7 @@ impl JobsService {
                 .ok_or_else(|| Error::Internal(format!("{id} vanished")))?;
             return Ok(json(StatusCode::ACCEPTED, &json!(existing)));
         }
-        if let Err(e) = self.queue.enqueue(&id).await {
-            tracing::error!(job = %id, error = %e, "enqueueing the job failed");
-            self.finish(&id, JobStatus::Failed, Some("the job could not be queued; submit it again".into())).await?;
-            return Err(Error::Unavailable("the jobs queue is unavailable right now".into()));
-        }
-        tracing::info!(job = %id, job_type = ?job.job_type, model = %job.model, "job queued");
+        enqueue(&*self.jobs, &*self.queue, &job).await?;
         Ok(json(StatusCode::ACCEPTED, &json!(job)))
     }
 
@@ -196,16 +183,6 @@ impl JobsService {
         Err(Error::Conflict(format!("job {id} is changing too fast to cancel; try again")))
     }
 
-    async fn finish(&self, id: &JobId, status: JobStatus, error: Option<String>) -> Result<(), Error> {
-        if let Some((mut job, revision)) = self.jobs.get(id).await.map_err(store_error)? {
-            job.status = status;
-            job.error = error;
-            job.finished_at = Some(lmaas_core::time::now_rfc3339_millis());
-            self.jobs.update(&job, &revision).await.map_err(store_error)?;
-        }
-        Ok(())
-    }
-
     /// The job, if the caller may see it; another tenant's job is 404, like a missing one.
     async fn visible_job(&self, principal: &Principal, id: &JobId) -> Result<(Job, String), Error> {
         match self.jobs.get(id).await.map_err(store_error)? {
@@ -233,6 +210,23 @@ impl JobsService {
     }
 }
 
+/// Sends a recorded job to the queue. If SQS refuses, the record says so (failed, submit again)
+/// rather than promising work nobody will do.
+pub(crate) async fn enqueue(jobs: &dyn JobStore, queue: &dyn JobQueue, job: &Job) -> Result<(), Error> {
+    let Err(e) = queue.enqueue(&job.id).await else {
+        tracing::info!(job = %job.id, job_type = ?job.job_type, model = %job.model, "job queued");
+        return Ok(());
+    };
+    tracing::error!(job = %job.id, error = %e, "enqueueing the job failed");
+    if let Some((mut failed, revision)) = jobs.get(&job.id).await.map_err(store_error)? {
+        failed.status = JobStatus::Failed;
+        failed.error = Some("the job could not be queued; submit it again".into());
+        failed.finished_at = Some(lmaas_core::time::now_rfc3339_millis());
+        jobs.update(&failed, &revision).await.map_err(store_error)?;
+    }
+    Err(Error::Unavailable("the jobs queue is unavailable right now".into()))
+}
+
 fn may_see(principal: &Principal, job: &Job) -> bool {
     principal.has(Scope::Admin) || (!principal.tenant.is_empty() && job.tenant == principal.tenant)
 }
@@ -245,7 +239,7 @@ fn idempotency_key(request: &Request<Bytes>) -> Result<Option<String>, Error> {
     }
 }
 
-fn new_job_id() -> JobId {
+pub(crate) fn new_job_id() -> JobId {
     let mut bytes = [0u8; 12];
     // Without entropy, ids from the clock still work; the If-None-Match create catches collisions.
     if getrandom::fill(&mut bytes).is_err() {
@@ -255,7 +249,7 @@ fn new_job_id() -> JobId {
     JobId::from_random(bytes)
 }
 
-fn store_error(e: lmaas_core::StoreError) -> Error {
+pub(crate) fn store_error(e: lmaas_core::StoreError) -> Error {
     tracing::error!(error = %e, "job store failed");
     Error::Unavailable("the job store is unavailable right now".into())
 }

@@ -8,6 +8,7 @@ pub mod config;
 pub mod context;
 pub mod embeddings;
 pub mod infer;
+pub mod ingest;
 pub mod jobs;
 pub mod lambda;
 pub mod models;
@@ -16,7 +17,8 @@ pub mod response;
 pub mod routes;
 pub mod telemetry;
 
-pub use config::{AuthConfig, ConfigError, InferConfig, JobsConfig, ModelsConfig};
+pub use config::{AuthConfig, ConfigError, InferConfig, IngestConfig, JobsConfig, ModelsConfig, WorkerConfig};
 pub use infer::InferService;
+pub use ingest::IngestService;
 pub use jobs::JobsService;
 pub use models::ModelsService;

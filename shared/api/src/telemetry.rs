@@ -13,7 +13,9 @@ pub fn init() {
         Ok("text") => false,
         _ => in_lambda,
     };
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
+    // Colors only on a terminal: `make dev` writes each process's log to a file.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_ansi(ansi);
     let result =
         if json { builder.json().with_current_span(false).without_time().try_init() } else { builder.try_init() };
     // A second init (tests, benches) keeps the first subscriber.

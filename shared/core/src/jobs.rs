@@ -94,6 +94,9 @@ impl JobStatus {
 pub struct Progress {
     pub done: u64,
     pub total: Option<u64>,
+    /// Items that became `{"id", "error"}` lines so far.
+    #[serde(default)]
+    pub errors: u64,
 }
 
 /// The job record.
@@ -119,6 +122,50 @@ pub struct Job {
     pub cancel_requested: bool,
     pub tenant: String,
     pub principal: String,
+}
+
+impl Job {
+    /// A new job, waiting for a worker.
+    #[allow(clippy::too_many_arguments)]
+    pub fn queued(
+        id: JobId,
+        job_type: JobType,
+        model: String,
+        input: String,
+        output: String,
+        params: Value,
+        tenant: String,
+        principal: String,
+    ) -> Job {
+        Job {
+            id,
+            job_type,
+            status: JobStatus::Queued,
+            progress: Progress::default(),
+            model,
+            input,
+            output,
+            params,
+            error: None,
+            attempts: 0,
+            created_at: crate::time::now_rfc3339_millis(),
+            started_at: None,
+            finished_at: None,
+            cancel_requested: false,
+            tenant,
+            principal,
+        }
+    }
+}
+
+/// Splits `s3://bucket/key` into its bucket and key.
+pub fn split_s3_uri(uri: &str) -> Option<(&str, &str)> {
+    uri.strip_prefix("s3://")?.split_once('/').filter(|(bucket, _)| !bucket.is_empty())
+}
+
+/// The default output folder of a job: `s3://{bucket}/results/{id}/`.
+pub fn default_output(bucket: &str, id: &JobId) -> String {
+    format!("s3://{bucket}/results/{id}/")
 }
 
 /// What an idempotency key maps to: the job it created and a hash of the request that did.
@@ -173,5 +220,12 @@ mod tests {
         assert!(JobStatus::parse("done").unwrap_err().to_string().contains("'status'"));
         assert!(JobStatus::Cancelled.is_terminal() && !JobStatus::Queued.is_terminal());
         assert_eq!(serde_json::to_value(JobType::BatchEmbed).unwrap(), "batch_embed");
+    }
+
+    #[test]
+    fn s3_uris_split_into_bucket_and_key() {
+        assert_eq!(split_s3_uri("s3://b/batch/x.jsonl"), Some(("b", "batch/x.jsonl")));
+        assert_eq!(split_s3_uri("s3:///x"), None);
+        assert_eq!(split_s3_uri("https://b/x"), None);
     }
 }

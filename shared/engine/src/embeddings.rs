@@ -155,6 +155,13 @@ impl LoadedModel {
         Ok(Embeddings { vectors, prompt_tokens })
     }
 
+    /// Token ids per text, truncated to `max_tokens`: what batch jobs measure their batches by
+    /// before embedding them as `EmbeddingInput::Tokens`.
+    pub fn tokenize(&self, texts: &[String], max_tokens: usize) -> Result<Vec<Vec<u32>>, EngineError> {
+        let rows = self.token_rows(&EmbeddingInput::Texts(texts.to_vec()), max_tokens)?;
+        Ok(rows.into_iter().map(|(ids, _)| ids).collect())
+    }
+
     /// Token ids and type ids per input: texts through the tokenizer (truncated to `max_tokens`),
     /// token inputs checked against the vocabulary and the limit.
     fn token_rows(&self, input: &EmbeddingInput, max_tokens: usize) -> Result<Vec<TokenRow>, EngineError> {

@@ -1,0 +1,18 @@
+//! The ingest function: S3 uploads under `batch/` (directly or through SQS) become batch jobs.
+
+use std::sync::Arc;
+
+use lambda_runtime::{service_fn, LambdaEvent};
+use lmaas_api::{IngestConfig, IngestService};
+use serde_json::Value;
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_runtime::Error> {
+    lmaas_api::telemetry::init();
+    let service = Arc::new(IngestService::from_env(IngestConfig::from_env()?).await);
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| {
+        let service = service.clone();
+        async move { service.handle(event.payload).await.map_err(lambda_runtime::Error::from) }
+    }))
+    .await
+}
