@@ -98,11 +98,15 @@ impl Stack {
         &self.env["LMAAS_TOKEN"]
     }
 
-    /// Runs the `lmaas` CLI against the stack's bucket and returns what it printed.
+    /// Runs the `lmaas` CLI against the stack (its API as the dev admin, its bucket) and returns
+    /// what it printed.
     pub fn cli(&self, args: &[&str]) -> String {
         let output = Command::new(root().join("target/debug/lmaas"))
             .args(args)
-            .envs(self.env.iter().filter(|(k, _)| k.starts_with("AWS_") || k.starts_with("LMAAS_BUCKET")))
+            .envs(self.env.iter().filter(|(k, _)| {
+                k.starts_with("AWS_") || ["LMAAS_BUCKET", "LMAAS_URL", "LMAAS_TOKEN"].contains(&k.as_str())
+            }))
+            .current_dir(std::env::temp_dir())
             .output()
             .expect("running the lmaas CLI");
         assert!(output.status.success(), "lmaas {args:?}: {}", String::from_utf8_lossy(&output.stderr));

@@ -234,17 +234,7 @@ async fn the_official_openai_client_gets_embeddings_equal_to_onnx_runtime() {
 #[tokio::test]
 async fn the_cli_pushes_files_lists_shows_infers_and_embeds() {
     let s = stack();
-    let lmaas = |args: &[&str]| {
-        let output = std::process::Command::new(lmaas_tests::root().join("target/debug/lmaas"))
-            .args(args)
-            .env("LMAAS_URL", &s.url)
-            .env("LMAAS_TOKEN", s.admin_token())
-            .current_dir(std::env::temp_dir())
-            .output()
-            .unwrap();
-        assert!(output.status.success(), "lmaas {args:?}: {}", String::from_utf8_lossy(&output.stderr));
-        String::from_utf8(output.stdout).unwrap()
-    };
+    let lmaas = |args: &[&str]| s.cli(args);
     let model_file = lmaas_tests::root().join(".lmaas/samples/mlp/model.onnx");
     let pushed =
         lmaas(&["push", model_file.to_str().unwrap(), "--model", "cli-files", "--version", "3", "--tag", "prod"]);

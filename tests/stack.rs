@@ -3,6 +3,7 @@
 //! the same inputs, computed independently in Python when the fixtures were made.
 
 mod auth;
+mod batch;
 mod jobs;
 mod registry;
 

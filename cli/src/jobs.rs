@@ -59,7 +59,8 @@ pub async fn jobs(bucket: &str, command: JobsCommand) -> anyhow::Result<()> {
     let api = Api::from_env()?;
     match command {
         JobsCommand::Submit { job_type, model, input, output, params, idempotency_key, wait } => {
-            let mut body = json!({ "type": job_type, "model": model, "input": input, "params": parse_params(&params)? });
+            let mut body =
+                json!({ "type": job_type, "model": model, "input": input, "params": parse_params(&params)? });
             if let Some(output) = output {
                 body["output"] = Value::from(output);
             }

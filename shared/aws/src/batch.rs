@@ -126,9 +126,7 @@ impl BatchObjects {
                 _ => return Err(StoreError(format!("chunk {key} has no lmaas counts"))),
             }
             let mut body = object.body;
-            while let Some(bytes) =
-                body.try_next().await.map_err(|e| StoreError(format!("reading {key}: {e}")))?
-            {
+            while let Some(bytes) = body.try_next().await.map_err(|e| StoreError(format!("reading {key}: {e}")))? {
                 buffer.extend_from_slice(&bytes);
                 if buffer.len() >= PART_BYTES {
                     let part = buffer.split_off(PART_BYTES);
@@ -200,7 +198,8 @@ impl BatchObjects {
             .send()
             .await
             .map_err(|e| StoreError(format!("uploading part {number} of {key}: {}", DisplayErrorContext(&e))))?;
-        parts.push(CompletedPart::builder().part_number(number).set_e_tag(uploaded.e_tag().map(str::to_string)).build());
+        parts
+            .push(CompletedPart::builder().part_number(number).set_e_tag(uploaded.e_tag().map(str::to_string)).build());
         Ok(())
     }
 

@@ -83,8 +83,8 @@ struct OutputTensor<'a> {
 
 /// Parses a line as a JSON object with an `id` (a string or an integer).
 fn parse_object(line: &InputLine) -> Result<(Value, serde_json::Map<String, Value>), (Value, String)> {
-    let value: Value =
-        serde_json::from_str(&line.text).map_err(|e| (Value::Null, format!("line {} is not JSON: {e}", line.number)))?;
+    let value: Value = serde_json::from_str(&line.text)
+        .map_err(|e| (Value::Null, format!("line {} is not JSON: {e}", line.number)))?;
     let Value::Object(mut object) = value else {
         return Err((Value::Null, format!("line {} is not a JSON object", line.number)));
     };
@@ -97,7 +97,12 @@ fn parse_object(line: &InputLine) -> Result<(Value, serde_json::Map<String, Valu
 }
 
 /// `{"id", "input": "text"}` → `{"id", "embedding": [...]}`.
-pub fn embed_chunk(model: &LoadedModel, config: &EmbeddingConfig, lines: &[InputLine], budget: BatchBudget) -> ChunkOutput {
+pub fn embed_chunk(
+    model: &LoadedModel,
+    config: &EmbeddingConfig,
+    lines: &[InputLine],
+    budget: BatchBudget,
+) -> ChunkOutput {
     let mut outcomes: Vec<Result<(Value, String), (Value, String)>> = lines
         .iter()
         .map(|line| {
@@ -235,7 +240,10 @@ mod tests {
     fn error_lines_carry_the_id_line_number_and_reason() {
         let mut output = ChunkOutput::default();
         output.push_error(&Value::from("a"), 4, "'input' is missing");
-        assert_eq!(String::from_utf8(output.body).unwrap(), "{\"id\":\"a\",\"line\":4,\"error\":\"'input' is missing\"}\n");
+        assert_eq!(
+            String::from_utf8(output.body).unwrap(),
+            "{\"id\":\"a\",\"line\":4,\"error\":\"'input' is missing\"}\n"
+        );
         assert_eq!((output.items, output.errors), (1, 1));
     }
 }

@@ -74,11 +74,14 @@ pub async fn settle(
     retry_delay: Duration,
 ) {
     let result = match outcome {
-        Outcome::Done(_) => {
-            sqs.delete_message().queue_url(queue_url).receipt_handle(receipt).send().await.map(|_| ()).map_err(|e| {
-                format!("deleting: {}", DisplayErrorContext(&e))
-            })
-        }
+        Outcome::Done(_) => sqs
+            .delete_message()
+            .queue_url(queue_url)
+            .receipt_handle(receipt)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("deleting: {}", DisplayErrorContext(&e))),
         Outcome::Retry(_) | Outcome::Released => {
             let delay = if *outcome == Outcome::Released { Duration::ZERO } else { retry_delay };
             set_visibility(sqs, queue_url, receipt, delay).await

@@ -52,7 +52,10 @@ enum Stop {
     Invalid(String),
     /// Something outside the job failed (S3, a model download): worth another attempt.
     Transient(String),
-    Cancelled { done: u64, total: u64 },
+    Cancelled {
+        done: u64,
+        total: u64,
+    },
     Released,
 }
 
@@ -174,7 +177,9 @@ impl JobRunner {
                 let reason = format!("gave up after {} attempts; the last error: {reason}", delivery.receive_count);
                 tracing::error!(job = %id, reason, "job failed; its message goes to the dead-letter queue");
                 match self.modify(id, |job| finish(job, JobStatus::Failed, Some(reason.clone()))).await {
-                    Ok(_) => metrics::counter!("lmaas_jobs_total", "type" => job_type, "status" => "failed").increment(1),
+                    Ok(_) => {
+                        metrics::counter!("lmaas_jobs_total", "type" => job_type, "status" => "failed").increment(1)
+                    }
                     Err(e) => tracing::error!(job = %id, error = %e, "recording the failure failed"),
                 }
                 // Not deleted: the queue moves it to the DLQ on its next receive, for operators.
@@ -183,10 +188,13 @@ impl JobRunner {
             Err(Stop::Transient(reason)) => {
                 tracing::warn!(job = %id, attempt = delivery.receive_count, reason, "job attempt failed; it will be retried");
                 let note = format!("attempt {} failed: {reason}; retrying", delivery.receive_count);
-                if let Err(e) = self.modify(id, |job| {
-                    job.status = JobStatus::Queued;
-                    job.error = Some(note.clone());
-                }).await {
+                if let Err(e) = self
+                    .modify(id, |job| {
+                        job.status = JobStatus::Queued;
+                        job.error = Some(note.clone());
+                    })
+                    .await
+                {
                     tracing::warn!(job = %id, error = %e, "recording the retry failed");
                 }
                 return Outcome::Retry(reason);
@@ -328,7 +336,9 @@ impl JobRunner {
     async fn count_lines(&self, key: &str) -> Result<u64, Stop> {
         let mut lines = self.objects.lines(key).await?;
         let mut total = 0;
-        while let Some(line) = lines.next_line().await.map_err(|e| Stop::Transient(format!("reading the input: {e}")))? {
+        while let Some(line) =
+            lines.next_line().await.map_err(|e| Stop::Transient(format!("reading the input: {e}")))?
+        {
             total += u64::from(!line.trim().is_empty());
         }
         Ok(total)
@@ -364,7 +374,11 @@ impl JobRunner {
                 }
             }
             if self.jobs.update(&job, &revision).await.map_err(|e| e.to_string())? {
-                return Ok(if job.status == JobStatus::Running { Claim::Run(job) } else { Claim::Finished(job.status) });
+                return Ok(if job.status == JobStatus::Running {
+                    Claim::Run(Box::new(job))
+                } else {
+                    Claim::Finished(job.status)
+                });
             }
         }
         Err(format!("job {id} changed too often to claim"))
@@ -374,12 +388,8 @@ impl JobRunner {
     /// API writes `cancel_requested` concurrently).
     async fn modify(&self, id: &JobId, change: impl Fn(&mut Job)) -> Result<Job, String> {
         for _ in 0..8 {
-            let (mut job, revision) = self
-                .jobs
-                .get(id)
-                .await
-                .map_err(|e| e.to_string())?
-                .ok_or_else(|| format!("job {id} has no record"))?;
+            let (mut job, revision) =
+                self.jobs.get(id).await.map_err(|e| e.to_string())?.ok_or_else(|| format!("job {id} has no record"))?;
             change(&mut job);
             if self.jobs.update(&job, &revision).await.map_err(|e| e.to_string())? {
                 return Ok(job);
@@ -390,7 +400,7 @@ impl JobRunner {
 }
 
 enum Claim {
-    Run(Job),
+    Run(Box<Job>),
     Finished(JobStatus),
     Missing,
 }
