@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # `make bench`: starts the local stack with the sample models (the cold-start rows fetch them
-# from its emulator), then runs the handler benchmark and keeps its table in .lmaas/bench/handler.txt.
+# from its emulator), then runs the handler benchmark and the batch_embed benchmark (in process
+# and with release-built worker daemons), keeping their tables in .lmaas/bench/{handler,batch}.txt.
+# Usage: bench.sh [handler] [batch]   (default: both)
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$root"
@@ -16,4 +18,14 @@ for _ in $(seq 1 600); do
 done
 grep -q "dev stack ready" "$state/stack.out" || { tail -20 "$state/stack.log"; exit 1; }
 set -a; . "$state/stack.env"; set +a
-cargo bench -p lmaas-api --bench handler 2>&1 | tee "$state/handler.txt"
+benches=("${@:-handler}" )
+[ $# -eq 0 ] && benches=(handler batch)   # `bench.sh batch` runs one
+for bench in "${benches[@]}"; do
+  case "$bench" in
+    handler) cargo bench -p lmaas-api --bench handler 2>&1 | tee "$state/handler.txt" ;;
+    batch)
+      cargo build --profile bench -p worker   # the daemons the batch bench starts
+      cargo bench -p lmaas-worker --bench batch 2>&1 | tee "$state/batch.txt" ;;
+    *) echo "unknown bench '$bench' (handler, batch)" >&2; exit 2 ;;
+  esac
+done

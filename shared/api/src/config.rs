@@ -150,6 +150,8 @@ pub struct WorkerConfig {
     /// (`LMAAS_JOB_RETRY_BASE_SECONDS` 5, `LMAAS_JOB_RETRY_MAX_SECONDS` 300).
     pub retry_base: Duration,
     pub retry_max: Duration,
+    /// Models the daemon loads before it takes work (`LMAAS_PRELOAD`).
+    pub preload: Vec<ModelRef>,
 }
 
 impl WorkerConfig {
@@ -178,6 +180,7 @@ impl WorkerConfig {
             metrics_addr,
             retry_base: Duration::from_secs(parsed(&env, "LMAAS_JOB_RETRY_BASE_SECONDS")?.unwrap_or(5)),
             retry_max: Duration::from_secs(parsed(&env, "LMAAS_JOB_RETRY_MAX_SECONDS")?.unwrap_or(300)),
+            preload: preload(&env)?,
         })
     }
 }
@@ -203,13 +206,7 @@ impl InferConfig {
     }
 
     pub fn from_lookup(env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let preload = optional(&env, "LMAAS_PRELOAD")
-            .unwrap_or_default()
-            .split(',')
-            .map(str::trim)
-            .filter(|r| !r.is_empty())
-            .map(|r| ModelRef::parse(r).map_err(|e| ConfigError(format!("LMAAS_PRELOAD: {e}"))))
-            .collect::<Result<_, _>>()?;
+        let preload = preload(&env)?;
         Ok(InferConfig {
             bucket: required(&env, "LMAAS_BUCKET")?,
             auth: AuthConfig::from_lookup(&env)?,
@@ -241,6 +238,17 @@ impl ModelsConfig {
             alias_ttl: alias_ttl(&env)?,
         })
     }
+}
+
+/// Models to load at start (`LMAAS_PRELOAD`, comma-separated references).
+fn preload(env: &impl Fn(&str) -> Option<String>) -> Result<Vec<ModelRef>, ConfigError> {
+    optional(env, "LMAAS_PRELOAD")
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|r| !r.is_empty())
+        .map(|r| ModelRef::parse(r).map_err(|e| ConfigError(format!("LMAAS_PRELOAD: {e}"))))
+        .collect()
 }
 
 fn cache_dir(env: &impl Fn(&str) -> Option<String>) -> PathBuf {

@@ -156,7 +156,7 @@ pub fn embed_chunk(
 }
 
 /// Splits `order` into batches within the budget; a row longer than the budget is a batch alone.
-fn plan_batches(order: &[usize], length: impl Fn(usize) -> usize, budget: BatchBudget) -> Vec<Vec<usize>> {
+pub fn plan_batches(order: &[usize], length: impl Fn(usize) -> usize, budget: BatchBudget) -> Vec<Vec<usize>> {
     let mut batches: Vec<Vec<usize>> = Vec::new();
     let mut current: Vec<usize> = Vec::new();
     let mut longest = 0;

@@ -35,6 +35,7 @@ pub async fn run(config: WorkerConfig) -> Result<(), String> {
     }
     let (runner, sqs) = crate::runner_from_env(&config).await;
     let settings = queue::settings(&sqs, &queue_url).await?;
+    runner.preload(&config.preload).await;
     tracing::info!(queue_url, concurrency = config.concurrency, ?settings, "worker daemon polling");
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));

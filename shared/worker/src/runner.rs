@@ -109,6 +109,20 @@ impl JobRunner {
         JobRunner { jobs, resolver, cache, objects, limits: Limits::default(), budget }
     }
 
+    /// Loads models before any job needs them (a fleet host warms up before it polls). A model
+    /// that fails is logged and left for its first job to retry.
+    pub async fn preload(&self, references: &[ModelRef]) {
+        for reference in references {
+            let loaded = async { self.cache.get(&*self.resolver.resolve(reference).await?).await }.await;
+            match loaded {
+                Ok(model) => {
+                    tracing::info!(model = %reference, execution_provider = %model.execution_provider(), "preloaded")
+                }
+                Err(e) => tracing::error!(model = %reference, error = %e, "preloading failed"),
+            }
+        }
+    }
+
     /// Runs the job until it finishes, fails, is cancelled, or `stop` asks it to let go.
     pub async fn run(&self, id: &JobId, delivery: Delivery, stop: &CancellationToken) -> Outcome {
         let job = match self.claim(id).await {
