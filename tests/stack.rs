@@ -5,6 +5,7 @@
 mod auth;
 mod batch;
 mod jobs;
+mod observability;
 mod registry;
 
 use lmaas_tests::{assert_tensor_matches, client, fixture, stack};

@@ -8,7 +8,7 @@ use lmaas_api::AuthConfig;
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
-    lmaas_api::telemetry::init();
+    lmaas_api::telemetry::init("authorizer");
     let bucket = std::env::var("LMAAS_BUCKET").map_err(|_| "configuration: LMAAS_BUCKET must be set")?;
     let s3 = lmaas_aws::config::s3_client(&lmaas_aws::sdk_config().await);
     let keys = Arc::new(lmaas_aws::S3KeyStore::new(s3, bucket));

@@ -6,7 +6,7 @@ use lmaas_api::{InferConfig, InferService};
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
-    lmaas_api::telemetry::init();
+    lmaas_api::telemetry::init("infer");
     let config = InferConfig::from_env()?;
     let service = Arc::new(InferService::from_env(config).await?);
     service.preload().await;

@@ -6,7 +6,7 @@ use lmaas_api::{JobsConfig, JobsService};
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
-    lmaas_api::telemetry::init();
+    lmaas_api::telemetry::init("jobs");
     let config = JobsConfig::from_env()?;
     let service = Arc::new(JobsService::from_env(config).await?);
     lmaas_api::lambda::serve(move |request| {

@@ -6,7 +6,7 @@ use lmaas_api::{ModelsConfig, ModelsService};
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
-    lmaas_api::telemetry::init();
+    lmaas_api::telemetry::init("models");
     let config = ModelsConfig::from_env()?;
     let service = Arc::new(ModelsService::from_env(config).await?);
     lmaas_api::lambda::serve(move |request| {

@@ -5,7 +5,7 @@ use lmaas_api::WorkerConfig;
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
-    lmaas_api::telemetry::init();
+    lmaas_api::telemetry::init("worker");
     let config = WorkerConfig::from_env()?;
     if std::env::args().skip(1).any(|arg| arg == "--daemon") {
         lmaas_worker::daemon::run(config).await?;

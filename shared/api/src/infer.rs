@@ -65,6 +65,7 @@ impl InferService {
     pub async fn handle(&self, request: Request<Bytes>) -> Response<Bytes> {
         serve(&self.authenticator, request, |call| async move {
             match &call.route {
+                Route::HealthReady => Ok(self.ready().await),
                 Route::Infer(model) => self.infer(model, &call).await,
                 Route::Embeddings => self.embeddings(&call).await,
                 _ => {
@@ -73,6 +74,27 @@ impl InferService {
             }
         })
         .await
+    }
+
+    /// Ready when the model store answers and every `LMAAS_PRELOAD` model is loaded: a load
+    /// balancer or deploy check then only sends traffic to instances that can answer at once.
+    async fn ready(&self) -> Response<Bytes> {
+        let store = self.resolver.store().ping().await;
+        if let Err(e) = &store {
+            tracing::error!(error = %e, "not ready: the model store is unreachable");
+        }
+        let mut models = Map::new();
+        for reference in &self.preload {
+            let loaded = match self.resolver.resolve(reference).await {
+                Ok(manifest) => self.cache.is_loaded(&manifest),
+                Err(_) => false,
+            };
+            models.insert(reference.to_string(), Value::from(loaded));
+        }
+        let ready = store.is_ok() && models.values().all(|v| v == &Value::Bool(true));
+        let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+        let store = if store.is_ok() { "reachable" } else { "unreachable" };
+        json(status, &serde_json::json!({ "ready": ready, "store": store, "models": models }))
     }
 
     async fn embeddings(&self, call: &Call) -> Result<Response<Bytes>, Error> {

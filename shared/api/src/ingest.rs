@@ -15,6 +15,7 @@ use lmaas_core::{Error, ModelRef, ModelResolver};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
+use tracing::Instrument;
 
 use crate::jobs::{enqueue, store_error};
 
@@ -88,13 +89,19 @@ impl IngestService {
     }
 
     /// Handles a Lambda event: S3 notification records, or SQS records that carry them.
-    pub async fn handle(&self, event: Value) -> Result<Value, Error> {
+    /// `trace_id` (the invocation's X-Ray trace) is recorded in the jobs it creates.
+    pub async fn handle(&self, event: Value, trace_id: Option<String>) -> Result<Value, Error> {
+        let span = tracing::info_span!("ingest", trace_id = trace_id.as_deref().unwrap_or(""));
+        self.handle_event(event, trace_id.as_deref()).instrument(span).await
+    }
+
+    async fn handle_event(&self, event: Value, trace_id: Option<&str>) -> Result<Value, Error> {
         let from_sqs = event["Records"][0]["eventSource"] == "aws:sqs";
         if !from_sqs {
             let records: Records<S3Record> = serde_json::from_value(event)
                 .map_err(|e| Error::bad_request(format!("not an S3 event notification: {e}")))?;
             for record in &records.records {
-                self.ingest(record).await?;
+                self.ingest(record, trace_id).await?;
             }
             return Ok(json!({}));
         }
@@ -102,7 +109,7 @@ impl IngestService {
             serde_json::from_value(event).map_err(|e| Error::bad_request(format!("not an SQS event: {e}")))?;
         let mut failures = Vec::new();
         for message in &records.records {
-            if let Err(e) = self.ingest_message(&message.body).await {
+            if let Err(e) = self.ingest_message(&message.body, trace_id).await {
                 tracing::error!(message_id = %message.message_id, error = %e, "ingesting an S3 event failed; SQS will retry it");
                 failures.push(json!({ "itemIdentifier": message.message_id }));
             }
@@ -110,7 +117,7 @@ impl IngestService {
         Ok(json!({ "batchItemFailures": failures }))
     }
 
-    async fn ingest_message(&self, body: &str) -> Result<(), Error> {
+    async fn ingest_message(&self, body: &str, trace_id: Option<&str>) -> Result<(), Error> {
         let value: Value =
             serde_json::from_str(body).map_err(|e| Error::bad_request(format!("message is not JSON: {e}")))?;
         if value["Event"] == "s3:TestEvent" {
@@ -120,14 +127,14 @@ impl IngestService {
         let records: Records<S3Record> = serde_json::from_value(value)
             .map_err(|e| Error::bad_request(format!("message is not an S3 event notification: {e}")))?;
         for record in &records.records {
-            self.ingest(record).await?;
+            self.ingest(record, trace_id).await?;
         }
         Ok(())
     }
 
     /// Turns one created object into a job; the job, or `None` when the object is not a batch
     /// input. Only store failures are errors: they are worth a retry.
-    pub async fn ingest(&self, record: &S3Record) -> Result<Option<Job>, Error> {
+    pub async fn ingest(&self, record: &S3Record, trace_id: Option<&str>) -> Result<Option<Job>, Error> {
         let key = decode_key(&record.s3.object.key);
         if !record.event_name.starts_with("ObjectCreated") {
             tracing::debug!(key, event = record.event_name, "not an object creation; skipped");
@@ -145,7 +152,10 @@ impl IngestService {
         let input = format!("s3://{}/{key}", self.bucket);
         let output = default_output(&self.bucket, &id);
         let job = match self.job_for(model, &id, &input, &output).await {
-            Ok(job) => job,
+            Ok(mut job) => {
+                job.trace_id = trace_id.map(str::to_string);
+                job
+            }
             Err(e @ (Error::Unavailable(_) | Error::Internal(_))) => return Err(e),
             Err(e) => {
                 // Nobody is waiting on this upload to answer: record why it cannot run, where
@@ -162,6 +172,7 @@ impl IngestService {
                     INGEST_PRINCIPAL.into(),
                 );
                 job.status = JobStatus::Failed;
+                job.trace_id = trace_id.map(str::to_string);
                 job.error = Some(format!("{key}: {e}"));
                 job.finished_at = Some(job.created_at.clone());
                 self.jobs.create(&job).await.map_err(store_error)?;

@@ -118,7 +118,7 @@ impl JobsService {
             Some(output) => self.s3_uri("output", output, true)?,
             None => default_output(&self.bucket, &id),
         };
-        let job = Job::queued(
+        let mut job = Job::queued(
             id.clone(),
             body.job_type,
             body.model,
@@ -128,6 +128,7 @@ impl JobsService {
             principal.tenant.clone(),
             principal.id.clone(),
         );
+        job.trace_id = call.trace_id.clone();
         if !self.jobs.create(&job).await.map_err(store_error)? {
             let (existing, _) = self
                 .jobs
@@ -214,6 +215,9 @@ impl JobsService {
 /// rather than promising work nobody will do.
 pub(crate) async fn enqueue(jobs: &dyn JobStore, queue: &dyn JobQueue, job: &Job) -> Result<(), Error> {
     let Err(e) = queue.enqueue(&job.id).await else {
+        let job_type = serde_json::to_value(job.job_type).ok().and_then(|t| t.as_str().map(str::to_string));
+        metrics::counter!(lmaas_core::metrics::JOBS, "type" => job_type.unwrap_or_default(), "status" => "queued")
+            .increment(1);
         tracing::info!(job = %job.id, job_type = ?job.job_type, model = %job.model, "job queued");
         return Ok(());
     };

@@ -14,7 +14,15 @@ where
     Fut: Future<Output = Response<Bytes>> + Send,
 {
     lambda_http::run(service_fn(|event: lambda_http::Request| {
-        let (parts, body) = event.into_parts();
+        crate::telemetry::count_cold_start();
+        let (mut parts, body) = event.into_parts();
+        // The invocation's X-Ray trace id, when API Gateway did not pass the header itself.
+        let from_context = parts.extensions.get::<lambda_http::Context>().and_then(|c| c.xray_trace_id.clone());
+        if let (false, Some(trace)) = (parts.headers.contains_key(crate::context::TRACE_ID), from_context) {
+            if let Ok(value) = http::HeaderValue::from_str(&trace) {
+                parts.headers.insert(crate::context::TRACE_ID, value);
+            }
+        }
         let body = match body {
             Body::Empty => Bytes::new(),
             Body::Text(text) => Bytes::from(text),
@@ -22,7 +30,11 @@ where
             _ => Bytes::new(),
         };
         let response = handler(Request::from_parts(parts, body));
-        async move { Ok::<_, lambda_http::Error>(into_lambda_response(response.await)) }
+        async move {
+            let response = into_lambda_response(response.await);
+            crate::telemetry::flush_metrics();
+            Ok::<_, lambda_http::Error>(response)
+        }
     }))
     .await
 }

@@ -7,6 +7,7 @@ pub mod authorizer;
 pub mod config;
 pub mod context;
 pub mod embeddings;
+pub mod emf;
 pub mod infer;
 pub mod ingest;
 pub mod jobs;

@@ -57,16 +57,6 @@ impl ModelsService {
                 &json!({"name": "lmaas", "version": env!("CARGO_PKG_VERSION"), "extensions": ["binary_tensor_data"]}),
             )),
             Route::HealthLive => Ok(json(StatusCode::OK, &json!({"live": true}))),
-            Route::HealthReady => match self.resolver.store().ping().await {
-                Ok(()) => Ok(json(StatusCode::OK, &json!({"ready": true}))),
-                Err(e) => {
-                    tracing::error!(error = %e, "not ready: the model store is unreachable");
-                    Ok(json(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        &json!({"ready": false, "error": "the model store is unreachable"}),
-                    ))
-                }
-            },
             Route::ModelMetadata(model) => {
                 let manifest = self.resolver.resolve(model).await?;
                 authorize(call.principal()?, &manifest, call.route.access())?;
@@ -84,7 +74,9 @@ impl ModelsService {
                     &json!({"name": manifest.name, "version": manifest.version.to_string(), "ready": true}),
                 ))
             }
-            Route::Infer(_) | Route::Embeddings => Err(Error::not_found("inference is served by the infer function")),
+            Route::Infer(_) | Route::Embeddings | Route::HealthReady => {
+                Err(Error::not_found("inference and readiness are served by the infer function"))
+            }
             Route::SubmitJob | Route::ListJobs | Route::GetJob(_) | Route::CancelJob(_) => {
                 Err(Error::not_found("jobs are served by the jobs function"))
             }

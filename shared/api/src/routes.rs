@@ -71,6 +71,29 @@ impl Route {
 }
 
 impl Route {
+    /// The route's name in metrics: its path template (bounded cardinality, no ids or models).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Route::ServerMetadata => "/v2",
+            Route::HealthLive => "/v2/health/live",
+            Route::HealthReady => "/v2/health/ready",
+            Route::ModelMetadata(_) => "/v2/models/{model}",
+            Route::ModelReady(_) => "/v2/models/{model}/ready",
+            Route::Infer(_) => "/v2/models/{model}/infer",
+            Route::PutVersion(..) | Route::GetVersion(..) | Route::DeleteVersion(..) => {
+                "/v1/models/{model}/versions/{version}"
+            }
+            Route::CommitVersion(..) => "/v1/models/{model}/versions/{version}/commit",
+            Route::ListVersions(_) => "/v1/models/{model}/versions",
+            Route::PutAlias(..) => "/v1/models/{model}/aliases/{alias}",
+            Route::Embeddings => "/v1/embeddings",
+            Route::ListModels => "/v1/models",
+            Route::SubmitJob | Route::ListJobs => "/v1/jobs",
+            Route::GetJob(_) => "/v1/jobs/{id}",
+            Route::CancelJob(_) => "/v1/jobs/{id}/cancel",
+        }
+    }
+
     /// The scope a caller needs; `None` for the open routes (server metadata and health).
     pub fn required_scope(&self) -> Option<Scope> {
         match self {

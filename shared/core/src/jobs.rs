@@ -122,6 +122,9 @@ pub struct Job {
     pub cancel_requested: bool,
     pub tenant: String,
     pub principal: String,
+    /// The X-Ray trace id of the request or event that created the job: its worker logs carry it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
 }
 
 impl Job {
@@ -154,6 +157,7 @@ impl Job {
             cancel_requested: false,
             tenant,
             principal,
+            trace_id: None,
         }
     }
 }

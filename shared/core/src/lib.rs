@@ -9,6 +9,7 @@ pub mod jobs;
 pub mod jwt;
 pub mod limits;
 pub mod manifest;
+pub mod metrics;
 pub mod names;
 pub mod resolver;
 pub mod store;

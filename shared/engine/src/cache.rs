@@ -73,8 +73,10 @@ impl ModelCache {
         let cell = {
             let mut state = self.state.lock().expect("cache lock");
             if let Some(model) = state.touch(&key) {
+                metrics::counter!(lmaas_core::metrics::MODEL_CACHE, "result" => "hit").increment(1);
                 return Ok(model);
             }
+            metrics::counter!(lmaas_core::metrics::MODEL_CACHE, "result" => "miss").increment(1);
             state.loading.entry(key.clone()).or_default().clone()
         };
         let result = cell.get_or_init(|| self.load(manifest, &key)).await.clone();
@@ -86,6 +88,12 @@ impl ModelCache {
             state.insert(key, model.clone(), self.config.max_bytes);
         }
         result
+    }
+
+    /// Whether this version's session is loaded now.
+    pub fn is_loaded(&self, manifest: &Manifest) -> bool {
+        let key = cache_key(manifest);
+        self.state.lock().expect("cache lock").loaded.iter().any(|(k, _)| *k == key)
     }
 
     /// Keys of the models currently loaded, least recently used first.
@@ -105,18 +113,29 @@ impl ModelCache {
         let model_file = folder.join(lmaas_core::manifest::MODEL_FILE);
         let providers = self.config.providers.clone();
         let bytes = manifest.total_bytes();
-        let loaded = tokio::task::spawn_blocking(move || LoadedModel::load(&model_file, &providers, bytes))
-            .await
-            .map_err(|e| Error::Internal(format!("session creation task failed: {e}")))?
-            .map_err(|e| {
-                tracing::error!(model = %label, error = %e, "creating the model session failed");
-                match e {
-                    EngineError::Load(reason) => {
-                        Error::Unavailable(format!("model '{label}' failed to load: {reason}"))
-                    }
-                    other => other.into(),
-                }
-            })?;
+        let (name, version) = (manifest.name.to_string(), manifest.version.to_string());
+        metrics::histogram!(lmaas_core::metrics::MODEL_DOWNLOAD_DURATION, "model" => name.clone(), "version" => version.clone())
+            .record(fetched.as_secs_f64());
+        let loaded = tokio::task::spawn_blocking(move || {
+            LoadedModel::load(&model_file, &providers, bytes).map(|m| m.with_identity(&name, &version))
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("session creation task failed: {e}")))?
+        .map_err(|e| {
+            tracing::error!(model = %label, error = %e, "creating the model session failed");
+            match e {
+                EngineError::Load(reason) => Error::Unavailable(format!("model '{label}' failed to load: {reason}")),
+                other => other.into(),
+            }
+        })?;
+        let session_seconds = (started.elapsed() - fetched).as_secs_f64();
+        metrics::histogram!(
+            lmaas_core::metrics::SESSION_CREATE_DURATION,
+            "model" => manifest.name.to_string(),
+            "version" => manifest.version.to_string(),
+            "execution_provider" => loaded.execution_provider().as_str()
+        )
+        .record(session_seconds);
         tracing::info!(
             model = %label,
             fetch_ms = fetched.as_millis() as u64,

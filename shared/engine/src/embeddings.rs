@@ -172,9 +172,12 @@ impl LoadedModel {
             EmbeddingInput::Texts(texts) => {
                 let truncation = tokenizers::TruncationParams { max_length: max_tokens, ..Default::default() };
                 tokenizer.with_truncation(Some(truncation)).map_err(|e| EngineError::Internal(e.to_string()))?;
+                let started = std::time::Instant::now();
                 let encodings = tokenizer
                     .encode_batch(texts.iter().map(String::as_str).collect::<Vec<_>>(), true)
                     .map_err(|e| EngineError::Run(format!("tokenizing the input failed: {e}")))?;
+                metrics::histogram!(lmaas_core::metrics::TOKENIZATION_DURATION, self.identity())
+                    .record(started.elapsed().as_secs_f64());
                 Ok(encodings.into_iter().map(|e| (e.get_ids().to_vec(), e.get_type_ids().to_vec())).collect())
             }
             EmbeddingInput::Tokens(rows) => {

@@ -23,6 +23,9 @@ pub struct LoadedModel {
     /// are padded to their longest input) and truncation set per request.
     tokenizer: Option<Mutex<tokenizers::Tokenizer>>,
     pad_id: u32,
+    /// Metric labels: the model and version that loaded this session (versions with the same
+    /// content share one session, and its first loader's name).
+    labels: [(&'static str, String); 3],
 }
 
 impl std::fmt::Debug for LoadedModel {
@@ -79,7 +82,9 @@ impl LoadedModel {
             }
             _ => (None, 0),
         };
-        Ok(LoadedModel { session: Mutex::new(session), execution_provider: chosen, bytes, tokenizer, pad_id })
+        let labels =
+            [("model", String::new()), ("version", String::new()), ("execution_provider", chosen.as_str().to_string())];
+        Ok(LoadedModel { session: Mutex::new(session), execution_provider: chosen, bytes, tokenizer, pad_id, labels })
     }
 
     /// The model's inputs and outputs as ONNX Runtime sees them (`-1` for dynamic dims); `None`
@@ -110,6 +115,18 @@ impl LoadedModel {
         self.pad_id
     }
 
+    /// Names the session in its metrics.
+    pub fn with_identity(mut self, model: &str, version: &str) -> Self {
+        self.labels[0].1 = model.to_string();
+        self.labels[1].1 = version.to_string();
+        self
+    }
+
+    /// The model and version labels, for metrics recorded about this session.
+    pub(crate) fn identity(&self) -> &[(&'static str, String)] {
+        &self.labels[..2]
+    }
+
     pub fn execution_provider(&self) -> ExecutionProvider {
         self.execution_provider
     }
@@ -130,7 +147,11 @@ impl LoadedModel {
             .map_err(|e| EngineError::Internal(format!("creating run options: {e}")))?
             .with_outputs(selector);
         let mut session = self.session.lock().map_err(|_| EngineError::Internal("session lock poisoned".into()))?;
-        let mut results = session.run_with_options(values, &options).map_err(|e| EngineError::Run(e.to_string()))?;
+        let started = std::time::Instant::now();
+        let result = session.run_with_options(values, &options);
+        metrics::histogram!(lmaas_core::metrics::INFERENCE_DURATION, &self.labels)
+            .record(started.elapsed().as_secs_f64());
+        let mut results = result.map_err(|e| EngineError::Run(e.to_string()))?;
         outputs
             .iter()
             .map(|name| {

@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use aws_sdk_sqs::error::DisplayErrorContext;
 use aws_sdk_sqs::types::{Message, MessageSystemAttributeName};
 use lmaas_api::WorkerConfig;
+use lmaas_core::metrics as metric;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -31,14 +32,16 @@ pub struct Daemon {
 pub async fn run(config: WorkerConfig) -> Result<(), String> {
     let queue_url = config.queue_url.clone().ok_or("the daemon needs LMAAS_JOBS_QUEUE_URL")?;
     if let Some(addr) = config.metrics_addr {
-        serve_metrics(addr)?;
+        lmaas_api::telemetry::serve_prometheus(addr, "worker")?;
     }
     let (runner, sqs) = crate::runner_from_env(&config).await;
     let settings = queue::settings(&sqs, &queue_url).await?;
+    metrics::gauge!(metric::JOBS_RUNNING).set(0.0);
     runner.preload(&config.preload).await;
     tracing::info!(queue_url, concurrency = config.concurrency, ?settings, "worker daemon polling");
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
+    tokio::spawn(watch_dlq(sqs.clone(), queue_url.clone()));
     Arc::new(Daemon { runner, sqs, queue_url, settings, config }).poll(shutdown).await;
     tracing::info!("worker daemon stopped");
     Ok(())
@@ -57,23 +60,16 @@ async fn stop_on_signal(shutdown: CancellationToken) {
     shutdown.cancel();
 }
 
-/// Serves Prometheus text at `http://{addr}/metrics` (and any other path).
-fn serve_metrics(addr: std::net::SocketAddr) -> Result<(), String> {
-    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
-    let seconds = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0];
-    PrometheusBuilder::new()
-        .with_http_listener(addr)
-        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &seconds)
-        .and_then(|b| b.install())
-        .map_err(|e| format!("serving metrics on {addr}: {e}"))?;
-    metrics::describe_counter!("lmaas_jobs_total", "Jobs that reached a final status, by type and status.");
-    metrics::describe_counter!("lmaas_job_items_total", "Batch items processed, by type and outcome (ok, error).");
-    metrics::describe_histogram!("lmaas_chunk_duration_seconds", "Time to process and store one chunk.");
-    metrics::describe_histogram!("lmaas_job_run_duration_seconds", "Time one delivery of a job ran.");
-    metrics::describe_gauge!("lmaas_queue_lag_seconds", "Age of the last message when the worker took it.");
-    metrics::describe_gauge!("lmaas_worker_jobs_running", "Jobs this daemon is running now.");
-    tracing::info!(%addr, "serving Prometheus metrics at /metrics");
-    Ok(())
+/// Reports the DLQ's depth every minute (the queue's redrive target), when it has one.
+async fn watch_dlq(sqs: aws_sdk_sqs::Client, queue_url: String) {
+    let Some(dlq_url) = queue::dead_letter_queue(&sqs, &queue_url).await else { return };
+    loop {
+        match queue::depth(&sqs, &dlq_url).await {
+            Ok(depth) => metrics::gauge!(metric::DLQ_DEPTH).set(depth as f64),
+            Err(e) => tracing::warn!(error = %e, "reading the DLQ depth failed"),
+        }
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    }
 }
 
 impl Daemon {
@@ -133,7 +129,7 @@ impl Daemon {
         let receive_count = attribute(MessageSystemAttributeName::ApproximateReceiveCount).unwrap_or(1) as u32;
         if let Some(sent_ms) = attribute(MessageSystemAttributeName::SentTimestamp) {
             let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-            metrics::gauge!("lmaas_queue_lag_seconds").set(now_ms.saturating_sub(sent_ms) as f64 / 1000.0);
+            metrics::gauge!(metric::QUEUE_LAG).set(now_ms.saturating_sub(sent_ms) as f64 / 1000.0);
         }
         let retry_delay = queue::backoff(receive_count, self.config.retry_base, self.config.retry_max);
         let id = match queue::job_id(message.body().unwrap_or_default()) {
@@ -153,9 +149,9 @@ impl Daemon {
             self.settings.visibility,
         ));
         let delivery = Delivery { receive_count, max_receive: self.settings.max_receive };
-        metrics::gauge!("lmaas_worker_jobs_running").increment(1.0);
+        metrics::gauge!(metric::JOBS_RUNNING).increment(1.0);
         let outcome = self.runner.run(&id, delivery, &stop).await;
-        metrics::gauge!("lmaas_worker_jobs_running").decrement(1.0);
+        metrics::gauge!(metric::JOBS_RUNNING).decrement(1.0);
         heartbeat.abort();
         queue::settle(&self.sqs, &self.queue_url, receipt, &outcome, retry_delay).await;
     }

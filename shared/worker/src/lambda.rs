@@ -54,7 +54,10 @@ pub async fn run(config: WorkerConfig) -> Result<(), lambda_runtime::Error> {
         let handler = handler.clone();
         async move {
             let deadline = UNIX_EPOCH + Duration::from_millis(event.context.deadline);
-            Ok::<Value, lambda_runtime::Error>(handler.handle(event.payload, deadline).await)
+            lmaas_api::telemetry::count_cold_start();
+            let answer = handler.handle(event.payload, deadline).await;
+            lmaas_api::telemetry::flush_metrics();
+            Ok::<Value, lambda_runtime::Error>(answer)
         }
     }))
     .await

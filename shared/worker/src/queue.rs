@@ -49,6 +49,37 @@ pub async fn settings(sqs: &aws_sdk_sqs::Client, queue_url: &str) -> Result<Queu
     Ok(settings)
 }
 
+/// The URL of the queue's dead-letter queue (from its redrive policy), if it has one.
+pub async fn dead_letter_queue(sqs: &aws_sdk_sqs::Client, queue_url: &str) -> Option<String> {
+    let attributes = sqs
+        .get_queue_attributes()
+        .queue_url(queue_url)
+        .attribute_names(QueueAttributeName::RedrivePolicy)
+        .send()
+        .await
+        .ok()?;
+    let policy: serde_json::Value =
+        serde_json::from_str(attributes.attributes()?.get(&QueueAttributeName::RedrivePolicy)?).ok()?;
+    let name = policy["deadLetterTargetArn"].as_str()?.rsplit(':').next()?.to_string();
+    sqs.get_queue_url().queue_name(name).send().await.ok()?.queue_url().map(str::to_string)
+}
+
+/// Approximate number of visible messages in a queue.
+pub async fn depth(sqs: &aws_sdk_sqs::Client, queue_url: &str) -> Result<u64, String> {
+    let attributes = sqs
+        .get_queue_attributes()
+        .queue_url(queue_url)
+        .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+        .send()
+        .await
+        .map_err(|e| DisplayErrorContext(&e).to_string())?;
+    Ok(attributes
+        .attributes()
+        .and_then(|a| a.get(&QueueAttributeName::ApproximateNumberOfMessages))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0))
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Body {

@@ -13,10 +13,12 @@ use std::time::Instant;
 use lmaas_aws::batch::{BatchObjects, InputError, InputLines};
 use lmaas_core::jobs::{split_s3_uri, Job, JobId, JobStatus, JobStore, JobType};
 use lmaas_core::manifest::Task;
+use lmaas_core::metrics as metric;
 use lmaas_core::{Error, Limits, ModelRef, ModelResolver};
 use lmaas_engine::{EmbeddingConfig, LoadedModel, ModelCache};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::chunk::{embed_chunk, infer_chunk, BatchBudget, ChunkOutput, InputLine};
 
@@ -140,12 +142,19 @@ impl JobRunner {
                 return Outcome::Retry(e.to_string());
             }
         };
+        // Every log line of the run carries the job and the trace of the request that created it.
+        let span = tracing::info_span!("job", job = %id, trace_id = job.trace_id.as_deref().unwrap_or(""));
+        self.run_claimed(*job, delivery, stop).instrument(span).await
+    }
+
+    async fn run_claimed(&self, job: Job, delivery: Delivery, stop: &CancellationToken) -> Outcome {
+        let id = &job.id;
         let job_type = job_type_name(job.job_type);
-        tracing::info!(job = %id, job_type, model = %job.model, attempt = job.attempts, "job started");
+        tracing::info!(job_type, model = %job.model, attempt = job.attempts, "job started");
         let started = Instant::now();
         let result = self.execute(&job, stop).await;
         let seconds = started.elapsed().as_secs_f64();
-        metrics::histogram!("lmaas_job_run_duration_seconds", "type" => job_type).record(seconds);
+        metrics::histogram!(metric::JOB_RUN_DURATION, "type" => job_type).record(seconds);
         let outcome = match result {
             Ok(summary) => {
                 let (items, errors) = (summary["items"].as_u64(), summary["errors"].as_u64());
@@ -191,9 +200,7 @@ impl JobRunner {
                 let reason = format!("gave up after {} attempts; the last error: {reason}", delivery.receive_count);
                 tracing::error!(job = %id, reason, "job failed; its message goes to the dead-letter queue");
                 match self.modify(id, |job| finish(job, JobStatus::Failed, Some(reason.clone()))).await {
-                    Ok(_) => {
-                        metrics::counter!("lmaas_jobs_total", "type" => job_type, "status" => "failed").increment(1)
-                    }
+                    Ok(_) => metrics::counter!(metric::JOBS, "type" => job_type, "status" => "failed").increment(1),
                     Err(e) => tracing::error!(job = %id, error = %e, "recording the failure failed"),
                 }
                 // Not deleted: the queue moves it to the DLQ on its next receive, for operators.
@@ -215,7 +222,7 @@ impl JobRunner {
             }
         };
         if let Outcome::Done(Some(status)) = &outcome {
-            metrics::counter!("lmaas_jobs_total", "type" => job_type, "status" => status_name(*status)).increment(1);
+            metrics::counter!(metric::JOBS, "type" => job_type, "status" => status_name(*status)).increment(1);
         }
         outcome
     }
@@ -270,12 +277,11 @@ impl JobRunner {
                     tracing::info!(key, "chunk was already written by another attempt");
                 }
                 errors += output.errors;
-                metrics::histogram!("lmaas_chunk_duration_seconds", "type" => job_type)
+                metrics::histogram!(metric::CHUNK_DURATION, "type" => job_type)
                     .record(chunk_started.elapsed().as_secs_f64());
-                metrics::counter!("lmaas_job_items_total", "type" => job_type, "outcome" => "ok")
+                metrics::counter!(metric::JOB_ITEMS, "type" => job_type, "outcome" => "ok")
                     .increment(output.items - output.errors);
-                metrics::counter!("lmaas_job_items_total", "type" => job_type, "outcome" => "error")
-                    .increment(output.errors);
+                metrics::counter!(metric::JOB_ITEMS, "type" => job_type, "outcome" => "error").increment(output.errors);
             }
             chunk_keys.push(key);
             done += count;
