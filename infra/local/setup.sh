@@ -2,8 +2,13 @@
 # Installs everything the local stack needs into git-ignored folders, pinned and idempotent:
 #   .lmaas/venv  Python tools (moto S3/SQS emulator, ONNX tooling for samples, cargo-lambda)
 #   .lmaas/ort   libonnxruntime.so from the onnxruntime PyPI wheel (ort's load-dynamic)
+#   promtool     with --test-tools: the Debian package prometheus (the metrics format test)
 # Re-running is cheap: each step is skipped when its pinned result is already there.
 set -euo pipefail
+test_tools=false
+[ "${1:-}" = "--test-tools" ] && test_tools=true
+# promtool 2.42 from Debian 12; the version is pinned by the release (stable updates only patch it).
+prometheus_upstream="2.42.0"
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 state="$root/.lmaas"
 venv="$state/venv"
@@ -34,18 +39,14 @@ fi
 lib="$ort_dir/libonnxruntime.so.$ort_version"
 if [ ! -f "$lib" ]; then
   log "fetching libonnxruntime.so.$ort_version from the onnxruntime==$ort_version wheel"
-  tmp="$(mktemp -d)"
-  trap 'rm -rf "$tmp"' EXIT
-  "$venv/bin/pip" download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
-    -d "$tmp" "onnxruntime==$ort_version"
-  wheel="$(ls "$tmp"/onnxruntime-*.whl)"
-  mkdir -p "$ort_dir"
-  "$venv/bin/python" - "$wheel" "$lib" "$ort_version" <<'PY'
-import sys, zipfile, shutil
-wheel, dest, version = sys.argv[1:]
-with zipfile.ZipFile(wheel) as z, z.open(f"onnxruntime/capi/libonnxruntime.so.{version}") as src, open(dest + ".tmp", "wb") as out:
-    shutil.copyfileobj(src, out)
-PY
-  mv "$lib.tmp" "$lib"
+  PYTHON="$venv/bin/python" "$root/infra/aws/install_runtime.sh" --variant cpu --dest "$ort_dir" >&2
+fi
+if $test_tools && ! command -v promtool > /dev/null; then
+  log "installing promtool (Debian package prometheus $prometheus_upstream)"
+  sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  version="$(apt-cache madison prometheus | awk -v v="$prometheus_upstream" '$3 ~ "^"v {print $3; exit}')"
+  [ -n "$version" ] || { log "no prometheus $prometheus_upstream package in apt"; exit 1; }
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "prometheus=$version" > /dev/null
 fi
 log "ready: $lib, $venv/bin/{moto_server,cargo-lambda}"

@@ -1,8 +1,8 @@
-//! `S3JobStore` (`jobs/{id}.json`, compare-and-swap on the ETag) and `SqsJobQueue`.
+//! `S3JobStore`: job records at `jobs/{id}.json`, compare-and-swap on the ETag.
 
 use async_trait::async_trait;
 use aws_sdk_s3::error::DisplayErrorContext;
-use lmaas_core::jobs::{IdempotencyRecord, Job, JobId, JobQueue, JobStore, Revision};
+use lmaas_core::jobs::{IdempotencyRecord, Job, JobId, JobStore, Revision};
 use lmaas_core::StoreError;
 
 use crate::object::{get_json, put_json, Write};
@@ -65,32 +65,5 @@ impl JobStore for S3JobStore {
             return Ok(None);
         }
         Ok(get_json(&self.client, &self.bucket, &key).await?.map(|(existing, _)| existing))
-    }
-}
-
-/// The SQS jobs queue (`LMAAS_JOBS_QUEUE_URL`); a message is `{"job_id"}` and nothing else.
-#[derive(Clone)]
-pub struct SqsJobQueue {
-    client: aws_sdk_sqs::Client,
-    queue_url: String,
-}
-
-impl SqsJobQueue {
-    pub fn new(client: aws_sdk_sqs::Client, queue_url: impl Into<String>) -> Self {
-        SqsJobQueue { client, queue_url: queue_url.into() }
-    }
-}
-
-#[async_trait]
-impl JobQueue for SqsJobQueue {
-    async fn enqueue(&self, id: &JobId) -> Result<(), StoreError> {
-        self.client
-            .send_message()
-            .queue_url(&self.queue_url)
-            .message_body(serde_json::json!({ "job_id": id }).to_string())
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(|e| StoreError(format!("enqueueing {id}: {}", aws_sdk_sqs::error::DisplayErrorContext(&e))))
     }
 }

@@ -6,10 +6,12 @@ pub mod config;
 pub mod jobs;
 pub mod keys;
 mod object;
+pub mod queue;
 pub mod s3;
 
 pub use batch::BatchObjects;
 pub use config::sdk_config;
-pub use jobs::{S3JobStore, SqsJobQueue};
+pub use jobs::S3JobStore;
 pub use keys::S3KeyStore;
+pub use queue::SqsJobQueue;
 pub use s3::S3ModelStore;
