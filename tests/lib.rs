@@ -32,7 +32,7 @@ pub fn stack() -> &'static Stack {
     STACK.get_or_init(start_stack)
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port()
 }
 

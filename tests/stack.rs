@@ -7,6 +7,7 @@ mod batch;
 mod jobs;
 mod observability;
 mod registry;
+mod server;
 
 use lmaas_tests::{assert_tensor_matches, client, fixture, stack};
 use reqwest::StatusCode;

@@ -10,7 +10,7 @@ async fn main() -> Result<(), lambda_http::Error> {
     let config = InferConfig::from_env()?;
     let service = Arc::new(InferService::from_env(config).await?);
     service.preload().await;
-    lmaas_api::lambda::serve(move |request| {
+    lmaas_api::server::run("infer", move |request| {
         let service = service.clone();
         async move { service.handle(request).await }
     })

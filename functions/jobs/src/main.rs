@@ -9,7 +9,7 @@ async fn main() -> Result<(), lambda_http::Error> {
     lmaas_api::telemetry::init("jobs");
     let config = JobsConfig::from_env()?;
     let service = Arc::new(JobsService::from_env(config).await?);
-    lmaas_api::lambda::serve(move |request| {
+    lmaas_api::server::run("jobs", move |request| {
         let service = service.clone();
         async move { service.handle(request).await }
     })

@@ -9,7 +9,7 @@ async fn main() -> Result<(), lambda_http::Error> {
     lmaas_api::telemetry::init("models");
     let config = ModelsConfig::from_env()?;
     let service = Arc::new(ModelsService::from_env(config).await?);
-    lmaas_api::lambda::serve(move |request| {
+    lmaas_api::server::run("models", move |request| {
         let service = service.clone();
         async move { service.handle(request).await }
     })

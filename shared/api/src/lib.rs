@@ -1,6 +1,6 @@
 //! The lmaas HTTP API, independent of where it runs: each function's service turns an
-//! `http::Request<Bytes>` into an `http::Response<Bytes>`. `lambda` adapts services to Lambda;
-//! benchmarks and tests call them in process.
+//! `http::Request<Bytes>` into an `http::Response<Bytes>`. `lambda` adapts services to Lambda,
+//! `server` serves them over HTTP outside it; benchmarks and tests call them in process.
 
 pub mod auth;
 pub mod authorizer;
@@ -16,6 +16,7 @@ pub mod models;
 pub mod registry;
 pub mod response;
 pub mod routes;
+pub mod server;
 pub mod telemetry;
 
 pub use config::{AuthConfig, ConfigError, InferConfig, IngestConfig, JobsConfig, ModelsConfig, WorkerConfig};
