@@ -2,7 +2,7 @@
 # `make bench`: starts the local stack with the sample models (the cold-start rows fetch them
 # from its emulator), then runs the handler benchmark and the batch_embed benchmark (in process
 # and with release-built worker daemons), keeping their tables in .lmaas/bench/{handler,batch}.txt.
-# Usage: bench.sh [handler] [batch]   (default: both)
+# Usage: bench.sh [handler] [http] [batch]   (default: all)
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$root"
@@ -19,13 +19,21 @@ done
 grep -q "dev stack ready" "$state/stack.out" || { tail -20 "$state/stack.log"; exit 1; }
 set -a; . "$state/stack.env"; set +a
 benches=("${@:-handler}" )
-[ $# -eq 0 ] && benches=(handler batch)   # `bench.sh batch` runs one
+[ $# -eq 0 ] && benches=(handler http batch)   # `bench.sh batch` runs one
 for bench in "${benches[@]}"; do
   case "$bench" in
     handler) cargo bench -p lmaas-api --bench handler 2>&1 | tee "$state/handler.txt" ;;
     batch)
       cargo build --profile bench -p worker   # the daemons the batch bench starts
       cargo bench -p lmaas-worker --bench batch 2>&1 | tee "$state/batch.txt" ;;
-    *) echo "unknown bench '$bench' (handler, batch)" >&2; exit 2 ;;
+    http)
+      # The BASELINE's pinned packages (FastAPI + Python ORT), and lmaas's release infer binary.
+      [ -x "$root/.lmaas/bench-venv/bin/uvicorn" ] || {
+        "$root/.lmaas/venv/bin/python" -m venv "$root/.lmaas/bench-venv"
+        "$root/.lmaas/bench-venv/bin/pip" install --quiet --disable-pip-version-check -r bench/baseline/requirements.txt
+      }
+      cargo build --profile bench -p infer
+      cargo bench -p lmaas-api --bench http 2>&1 | tee "$state/http.txt" ;;
+    *) echo "unknown bench '$bench' (handler, batch, http)" >&2; exit 2 ;;
   esac
 done
