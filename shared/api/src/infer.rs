@@ -51,15 +51,7 @@ impl InferService {
     /// fails is logged and left for the first request to retry: one bad model must not take the
     /// function down for the others.
     pub async fn preload(&self) {
-        for reference in &self.preload {
-            let loaded = async { self.cache.get(&*self.resolver.resolve(reference).await?).await }.await;
-            match loaded {
-                Ok(model) => {
-                    tracing::info!(model = %reference, execution_provider = %model.execution_provider(), "preloaded")
-                }
-                Err(e) => tracing::error!(model = %reference, error = %e, "preloading failed"),
-            }
-        }
+        self.cache.preload(&self.resolver, &self.preload).await;
     }
 
     pub async fn handle(&self, request: Request<Bytes>) -> Response<Bytes> {

@@ -165,10 +165,7 @@ impl JobsService {
         for _ in 0..5 {
             let (mut job, revision) = self.visible_job(principal, id).await?;
             if job.status.is_terminal() {
-                return Err(Error::Conflict(format!(
-                    "job {id} is already {}",
-                    json!(job.status).as_str().unwrap_or("finished")
-                )));
+                return Err(Error::Conflict(format!("job {id} is already {}", job.status.as_str())));
             }
             job.cancel_requested = true;
             if job.status == JobStatus::Queued {
@@ -215,8 +212,7 @@ impl JobsService {
 /// rather than promising work nobody will do.
 pub(crate) async fn enqueue(jobs: &dyn JobStore, queue: &dyn JobQueue, job: &Job) -> Result<(), Error> {
     let Err(e) = queue.enqueue(&job.id).await else {
-        let job_type = serde_json::to_value(job.job_type).ok().and_then(|t| t.as_str().map(str::to_string));
-        metrics::counter!(lmaas_core::metrics::JOBS, "type" => job_type.unwrap_or_default(), "status" => "queued")
+        metrics::counter!(lmaas_core::metrics::JOBS, "type" => job.job_type.as_str(), "status" => "queued")
             .increment(1);
         tracing::info!(job = %job.id, job_type = ?job.job_type, model = %job.model, "job queued");
         return Ok(());

@@ -75,7 +75,30 @@ pub enum JobStatus {
     Cancelled,
 }
 
+impl JobType {
+    /// The type as the API and metrics name it (`batch_embed`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobType::BatchEmbed => "batch_embed",
+            JobType::BatchInfer => "batch_infer",
+            JobType::Quantize => "quantize",
+            JobType::TrainClassifier => "train_classifier",
+        }
+    }
+}
+
 impl JobStatus {
+    /// The status as the API and metrics name it (`queued`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Queued => "queued",
+            JobStatus::Running => "running",
+            JobStatus::Succeeded => "succeeded",
+            JobStatus::Failed => "failed",
+            JobStatus::Cancelled => "cancelled",
+        }
+    }
+
     pub fn is_terminal(self) -> bool {
         matches!(self, JobStatus::Succeeded | JobStatus::Failed | JobStatus::Cancelled)
     }
@@ -223,7 +246,8 @@ mod tests {
         assert_eq!(JobStatus::parse("running").unwrap(), JobStatus::Running);
         assert!(JobStatus::parse("done").unwrap_err().to_string().contains("'status'"));
         assert!(JobStatus::Cancelled.is_terminal() && !JobStatus::Queued.is_terminal());
-        assert_eq!(serde_json::to_value(JobType::BatchEmbed).unwrap(), "batch_embed");
+        assert_eq!(serde_json::to_value(JobType::BatchEmbed).unwrap(), JobType::BatchEmbed.as_str());
+        assert_eq!(serde_json::to_value(JobStatus::Cancelled).unwrap(), JobStatus::Cancelled.as_str());
     }
 
     #[test]

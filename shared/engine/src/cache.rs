@@ -90,6 +90,21 @@ impl ModelCache {
         result
     }
 
+    /// Loads models before anything needs them (INIT, or a fleet host before it polls). A model
+    /// that fails is logged and left for its first use to retry: one bad model must not take the
+    /// process down for the others.
+    pub async fn preload(&self, resolver: &lmaas_core::ModelResolver, references: &[lmaas_core::ModelRef]) {
+        for reference in references {
+            let loaded = async { self.get(&*resolver.resolve(reference).await?).await }.await;
+            match loaded {
+                Ok(model) => {
+                    tracing::info!(model = %reference, execution_provider = %model.execution_provider(), "preloaded")
+                }
+                Err(e) => tracing::error!(model = %reference, error = %e, "preloading failed"),
+            }
+        }
+    }
+
     /// Whether this version's session is loaded now.
     pub fn is_loaded(&self, manifest: &Manifest) -> bool {
         let key = cache_key(manifest);

@@ -111,18 +111,9 @@ impl JobRunner {
         JobRunner { jobs, resolver, cache, objects, limits: Limits::default(), budget }
     }
 
-    /// Loads models before any job needs them (a fleet host warms up before it polls). A model
-    /// that fails is logged and left for its first job to retry.
+    /// Loads models before any job needs them (a fleet host warms up before it polls).
     pub async fn preload(&self, references: &[ModelRef]) {
-        for reference in references {
-            let loaded = async { self.cache.get(&*self.resolver.resolve(reference).await?).await }.await;
-            match loaded {
-                Ok(model) => {
-                    tracing::info!(model = %reference, execution_provider = %model.execution_provider(), "preloaded")
-                }
-                Err(e) => tracing::error!(model = %reference, error = %e, "preloading failed"),
-            }
-        }
+        self.cache.preload(&self.resolver, references).await;
     }
 
     /// Runs the job until it finishes, fails, is cancelled, or `stop` asks it to let go.
@@ -149,7 +140,7 @@ impl JobRunner {
 
     async fn run_claimed(&self, job: Job, delivery: Delivery, stop: &CancellationToken) -> Outcome {
         let id = &job.id;
-        let job_type = job_type_name(job.job_type);
+        let job_type = job.job_type.as_str();
         tracing::info!(job_type, model = %job.model, attempt = job.attempts, "job started");
         let started = Instant::now();
         let result = self.execute(&job, stop).await;
@@ -222,7 +213,7 @@ impl JobRunner {
             }
         };
         if let Outcome::Done(Some(status)) = &outcome {
-            metrics::counter!(metric::JOBS, "type" => job_type, "status" => status_name(*status)).increment(1);
+            metrics::counter!(metric::JOBS, "type" => job_type, "status" => status.as_str()).increment(1);
         }
         outcome
     }
@@ -237,7 +228,7 @@ impl JobRunner {
     }
 
     async fn execute(&self, job: &Job, stop: &CancellationToken) -> Result<Value, Stop> {
-        let job_type = job_type_name(job.job_type);
+        let job_type = job.job_type.as_str();
         if !matches!(job.job_type, JobType::BatchEmbed | JobType::BatchInfer) {
             return Err(Stop::Invalid(format!("{job_type} jobs are not run by this worker yet")));
         }
@@ -442,23 +433,4 @@ async fn read_chunk(lines: &mut InputLines, size: u64, number: &mut u64) -> std:
         }
     }
     Ok(chunk)
-}
-
-pub fn job_type_name(job_type: JobType) -> &'static str {
-    match job_type {
-        JobType::BatchEmbed => "batch_embed",
-        JobType::BatchInfer => "batch_infer",
-        JobType::Quantize => "quantize",
-        JobType::TrainClassifier => "train_classifier",
-    }
-}
-
-fn status_name(status: JobStatus) -> &'static str {
-    match status {
-        JobStatus::Queued => "queued",
-        JobStatus::Running => "running",
-        JobStatus::Succeeded => "succeeded",
-        JobStatus::Failed => "failed",
-        JobStatus::Cancelled => "cancelled",
-    }
 }
