@@ -49,13 +49,13 @@ fn mlp_bytes() -> Vec<u8> {
 }
 
 fn onnx(node: NodeProto, initializers: Vec<TensorProto>, domains: &[&str]) -> Vec<u8> {
-    let mut opset_import = vec![OperatorSetIdProto { domain: String::new(), version: 17 }];
-    opset_import.extend(domains.iter().map(|d| OperatorSetIdProto { domain: d.to_string(), version: 1 }));
+    let mut opset_import = vec![OperatorSetIdProto { domain: Some(String::new()), version: Some(17) }];
+    opset_import.extend(domains.iter().map(|d| OperatorSetIdProto { domain: Some(d.to_string()), version: Some(1) }));
     ModelProto {
-        ir_version: 9,
+        ir_version: Some(9),
         opset_import,
-        graph: Some(GraphProto { node: vec![node], initializer: initializers, sparse_initializer: vec![] }),
-        functions: vec![],
+        graph: Some(GraphProto { node: vec![node], initializer: initializers, ..Default::default() }),
+        ..Default::default()
     }
     .encode_to_vec()
 }
@@ -95,16 +95,20 @@ async fn commit_rejects_each_bad_upload_with_a_422_that_names_the_problem() {
     let token = stack().admin_token();
     let mlp = mlp_bytes();
     let traversal = onnx(
-        NodeProto { op_type: "Identity".into(), domain: String::new(), attribute: vec![] },
+        NodeProto { op_type: Some("Identity".into()), ..Default::default() },
         vec![TensorProto {
-            name: "w".into(),
-            data_location: 1,
-            external_data: vec![StringStringEntryProto { key: "location".into(), value: "../../secrets/w.bin".into() }],
+            name: Some("w".into()),
+            data_location: Some(1),
+            external_data: vec![StringStringEntryProto {
+                key: Some("location".into()),
+                value: Some("../../secrets/w.bin".into()),
+            }],
+            ..Default::default()
         }],
         &[],
     );
     let custom_op = onnx(
-        NodeProto { op_type: "Backdoor".into(), domain: "com.attacker".into(), attribute: vec![] },
+        NodeProto { op_type: Some("Backdoor".into()), domain: Some("com.attacker".into()), ..Default::default() },
         vec![],
         &["com.attacker"],
     );

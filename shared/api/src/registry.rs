@@ -320,9 +320,8 @@ impl Registry {
         }
         let model = tokio::fs::read(scratch.join(MODEL_FILE)).await.map_err(|e| internal(e.to_string()))?;
         let others = manifest.files.keys().filter(|f| *f != MODEL_FILE).cloned().collect();
-        let onnx_problems = lmaas_onnx::validate(&model, &others, &self.limits);
+        let onnx_problems = lmaas_onnx::validate(model.into(), &others, &self.limits);
         problems.extend(onnx_problems.into_iter().map(|p| format!("{} {}", p.file, p.message)));
-        drop(model);
         if manifest.files.contains_key("tokenizer.json") {
             let raw = tokio::fs::read(scratch.join("tokenizer.json")).await.map_err(|e| internal(e.to_string()))?;
             match serde_json::from_slice::<Value>(&raw) {

@@ -1,8 +1,11 @@
-//! ONNX model files as the registry sees them: untrusted bytes to parse and check before ONNX
-//! Runtime is ever asked to load them (DESIGN.md §6). Only the fields the checks need are
-//! decoded; weights are skipped without being copied.
+//! ONNX model files in Rust: the whole of onnx.proto as prost messages (decoded and encoded
+//! without loss), the registry's checks on untrusted uploads (DESIGN.md §6), graph building
+//! helpers, and the weight quantizer.
 
+pub mod graph;
 pub mod proto;
+pub mod quantize;
 pub mod validate;
 
+pub use graph::{decode, encode, GraphError};
 pub use validate::{validate, Problem, ValidationLimits};

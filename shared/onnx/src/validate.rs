@@ -3,6 +3,7 @@
 
 use std::collections::BTreeSet;
 
+use prost::bytes::Bytes;
 use prost::Message;
 
 use crate::proto::{GraphProto, ModelProto, NodeProto, TensorProto};
@@ -36,7 +37,7 @@ pub struct Problem {
 
 /// Validates `model_onnx` (the bytes of `model.onnx`); `files` are the version's other files,
 /// the only places external data may point to. Returns every problem found, not just the first.
-pub fn validate(model_onnx: &[u8], files: &BTreeSet<String>, limits: &ValidationLimits) -> Vec<Problem> {
+pub fn validate(model_onnx: Bytes, files: &BTreeSet<String>, limits: &ValidationLimits) -> Vec<Problem> {
     let problem = |message: String| Problem { file: "model.onnx".into(), message };
     if model_onnx.len() as u64 > limits.max_model_bytes {
         return vec![problem(format!("is {} bytes; the limit is {}", model_onnx.len(), limits.max_model_bytes))];
@@ -49,24 +50,27 @@ pub fn validate(model_onnx: &[u8], files: &BTreeSet<String>, limits: &Validation
     let Some(graph) = &model.graph else {
         return vec![problem("is not an ONNX model (it has no graph)".into())];
     };
-    if model.ir_version <= 0 || model.ir_version > limits.max_ir_version {
+    if model.ir_version() <= 0 || model.ir_version() > limits.max_ir_version {
         problems.push(problem(format!(
             "IR version {} is not supported (1 to {})",
-            model.ir_version, limits.max_ir_version
+            model.ir_version(),
+            limits.max_ir_version
         )));
     }
     for opset in &model.opset_import {
-        if !ALLOWED_DOMAINS.contains(&opset.domain.as_str()) {
-            problems.push(problem(format!("imports operator domain '{}', which is not allowed", opset.domain)));
-        } else if (opset.domain.is_empty() || opset.domain == "ai.onnx") && opset.version > limits.max_opset {
+        let domain = opset.domain();
+        if !ALLOWED_DOMAINS.contains(&domain) {
+            problems.push(problem(format!("imports operator domain '{domain}', which is not allowed")));
+        } else if (domain.is_empty() || domain == "ai.onnx") && opset.version() > limits.max_opset {
             problems.push(problem(format!(
                 "needs opset {}; the runtime supports up to {}",
-                opset.version, limits.max_opset
+                opset.version(),
+                limits.max_opset
             )));
         }
     }
     let local_functions: BTreeSet<(&str, &str)> =
-        model.functions.iter().map(|f| (f.domain.as_str(), f.name.as_str())).collect();
+        model.functions.iter().map(|f| (f.domain(), f.name())).collect();
     let mut domains = BTreeSet::new();
     let mut external = Vec::new();
     walk_graph(graph, &mut domains, &mut external);
@@ -100,7 +104,7 @@ fn walk_graph(graph: &GraphProto, domains: &mut BTreeSet<(String, String)>, exte
 
 fn walk_nodes(nodes: &[NodeProto], domains: &mut BTreeSet<(String, String)>, external: &mut Vec<(String, String)>) {
     for node in nodes {
-        domains.insert((node.domain.clone(), node.op_type.clone()));
+        domains.insert((node.domain().to_string(), node.op_type().to_string()));
         for attribute in &node.attribute {
             for tensor in attribute.t.iter().chain(&attribute.tensors) {
                 note_external(tensor, external);
@@ -114,10 +118,9 @@ fn walk_nodes(nodes: &[NodeProto], domains: &mut BTreeSet<(String, String)>, ext
 }
 
 fn note_external(tensor: &TensorProto, external: &mut Vec<(String, String)>) {
-    if tensor.data_location == 1 {
-        let location =
-            tensor.external_data.iter().find(|e| e.key == "location").map(|e| e.value.clone()).unwrap_or_default();
-        external.push((tensor.name.clone(), location));
+    if tensor.data_location() == 1 {
+        let location = tensor.external_data.iter().find(|e| e.key() == "location").map(|e| e.value()).unwrap_or_default();
+        external.push((tensor.name().to_string(), location.to_string()));
     }
 }
 
@@ -147,34 +150,36 @@ mod tests {
     use super::*;
     use crate::proto::{AttributeProto, OperatorSetIdProto, StringStringEntryProto};
 
-    fn model(nodes: Vec<NodeProto>, initializers: Vec<TensorProto>, opsets: &[(&str, i64)]) -> Vec<u8> {
+    fn model(nodes: Vec<NodeProto>, initializers: Vec<TensorProto>, opsets: &[(&str, i64)]) -> Bytes {
         ModelProto {
-            ir_version: 9,
+            ir_version: Some(9),
             opset_import: opsets
                 .iter()
-                .map(|(d, v)| OperatorSetIdProto { domain: d.to_string(), version: *v })
+                .map(|(d, v)| OperatorSetIdProto { domain: Some(d.to_string()), version: Some(*v) })
                 .collect(),
-            graph: Some(GraphProto { node: nodes, initializer: initializers, sparse_initializer: vec![] }),
-            functions: vec![],
+            graph: Some(GraphProto { node: nodes, initializer: initializers, ..Default::default() }),
+            ..Default::default()
         }
         .encode_to_vec()
+        .into()
     }
 
     fn node(op: &str, domain: &str) -> NodeProto {
-        NodeProto { op_type: op.into(), domain: domain.into(), attribute: vec![] }
+        NodeProto { op_type: Some(op.into()), domain: Some(domain.into()), ..Default::default() }
     }
 
     fn external(name: &str, location: &str) -> TensorProto {
         TensorProto {
-            name: name.into(),
-            data_location: 1,
-            external_data: vec![StringStringEntryProto { key: "location".into(), value: location.into() }],
+            name: Some(name.into()),
+            data_location: Some(1),
+            external_data: vec![StringStringEntryProto { key: Some("location".into()), value: Some(location.into()) }],
+            ..Default::default()
         }
     }
 
     fn check(bytes: &[u8], files: &[&str]) -> Vec<String> {
         let files = files.iter().map(|f| f.to_string()).collect();
-        validate(bytes, &files, &ValidationLimits::default()).into_iter().map(|p| p.message).collect()
+        validate(Bytes::copy_from_slice(bytes), &files, &ValidationLimits::default()).into_iter().map(|p| p.message).collect()
     }
 
     #[test]
@@ -196,14 +201,12 @@ mod tests {
     #[test]
     fn custom_op_domains_are_rejected_even_inside_subgraphs() {
         let nested = NodeProto {
-            op_type: "If".into(),
-            domain: String::new(),
+            op_type: Some("If".into()),
             attribute: vec![AttributeProto {
-                t: None,
                 g: Some(GraphProto { node: vec![node("Evil", "com.attacker")], ..Default::default() }),
-                tensors: vec![],
-                graphs: vec![],
+                ..Default::default()
             }],
+            ..Default::default()
         };
         let problems = check(&model(vec![nested], vec![], &[("", 17), ("com.attacker", 1)]), &[]);
         assert!(problems.iter().any(|p| p.contains("imports operator domain 'com.attacker'")), "{problems:?}");
@@ -227,8 +230,8 @@ mod tests {
 
     #[test]
     fn unsupported_ir_and_opset_versions_are_named() {
-        let mut m = ModelProto::decode(model(vec![], vec![], &[("", 99)]).as_slice()).unwrap();
-        m.ir_version = 42;
+        let mut m = ModelProto::decode(model(vec![], vec![], &[("", 99)])).unwrap();
+        m.ir_version = Some(42);
         let problems = check(&m.encode_to_vec(), &[]);
         assert!(
             problems.iter().any(|p| p.contains("IR version 42")) && problems.iter().any(|p| p.contains("opset 99"))
