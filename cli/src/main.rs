@@ -5,6 +5,7 @@
 mod api;
 mod jobs;
 mod push;
+mod quantize;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -64,6 +65,36 @@ enum Command {
     Jobs {
         #[command(subcommand)]
         command: jobs::JobsCommand,
+    },
+    /// Quantize a local model file and print the quality report (JSON). Files beside the input
+    /// (tokenizer.json, lmaas.json) make it an embeddings model, measured by cosine.
+    Quantize {
+        input: std::path::PathBuf,
+        output: std::path::PathBuf,
+        /// int8 (dynamic, per-channel) or int4 (weight-only, block-wise).
+        #[arg(long, default_value = "int8")]
+        scheme: String,
+        /// int4 block size: 32, 64 or 128.
+        #[arg(long)]
+        block_size: Option<usize>,
+        /// int4 blocks without zero points (default: with).
+        #[arg(long)]
+        symmetric: bool,
+        /// A node to keep in float (repeatable).
+        #[arg(long = "keep-float")]
+        keep_float: Vec<String>,
+        /// Keep the N nodes most sensitive to quantization (measured on the calibration set) in float.
+        #[arg(long)]
+        keep_most_sensitive: Option<usize>,
+        /// SmoothQuant for int8: auto (the best on the calibration set), off, or a strength in (0, 1].
+        #[arg(long)]
+        smoothing: Option<String>,
+        /// int8: the widest activation channels per MatMul input computed in float (default 8).
+        #[arg(long)]
+        outlier_channels: Option<usize>,
+        /// {"calibration": [texts], "evaluation": [texts]} (default: lmaas's built-in set).
+        #[arg(long)]
+        calibration: Option<std::path::PathBuf>,
     },
     /// Run a V2 inference request (JSON) and print the answer.
     Infer {
@@ -133,6 +164,29 @@ async fn main() -> anyhow::Result<()> {
             eprintln!("{} tokens", answer["usage"]["total_tokens"]);
             Ok(())
         }
+        Command::Quantize {
+            input,
+            output,
+            scheme,
+            block_size,
+            symmetric,
+            keep_float,
+            keep_most_sensitive,
+            smoothing,
+            outlier_channels,
+            calibration,
+        } => quantize::quantize(quantize::Args {
+            input: &input,
+            output: &output,
+            scheme: &scheme,
+            block_size,
+            symmetric,
+            keep_float,
+            keep_most_sensitive,
+            smoothing: smoothing.as_deref(),
+            outlier_channels,
+            calibration: calibration.as_deref(),
+        }),
         Command::Infer { model, request } => {
             let api = api::Api::from_env()?;
             let body = match request.strip_prefix('@') {

@@ -90,42 +90,8 @@ impl LoadedModel {
                 )));
             }
         }
-        let rows = self.token_rows(input, config.max_tokens)?;
-        let (batch, seq) = (rows.len(), rows.iter().map(|r| r.0.len()).max().unwrap_or(0));
-        let mut ids = vec![self.pad_id() as i64; batch * seq];
-        let mut mask = vec![0i64; batch * seq];
-        let mut types = vec![0i64; batch * seq];
-        for (b, (row_ids, row_types)) in rows.iter().enumerate() {
-            for (t, (&id, &ty)) in row_ids.iter().zip(row_types).enumerate() {
-                ids[b * seq + t] = i64::from(id);
-                mask[b * seq + t] = 1;
-                types[b * seq + t] = i64::from(ty);
-            }
-        }
-        let prompt_tokens = rows.iter().map(|r| r.0.len()).sum();
-        let (inputs, outputs) = self.signature().map_err(EngineError::Internal)?;
-        let tensors = inputs
-            .iter()
-            .map(|spec| {
-                let data = match spec.name.as_str() {
-                    "input_ids" => &ids,
-                    "attention_mask" => &mask,
-                    "token_type_ids" => &types,
-                    other => {
-                        return Err(EngineError::Internal(format!(
-                            "embeddings model input '{other}' is not one lmaas can fill"
-                        )))
-                    }
-                };
-                let bytes = data.iter().flat_map(|v| v.to_le_bytes()).collect();
-                Ok(Tensor {
-                    name: spec.name.clone(),
-                    datatype: DataType::Int64,
-                    shape: vec![batch, seq],
-                    data: TensorData::Raw(bytes),
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let (tensors, mask, batch, seq, prompt_tokens) = self.token_tensors(input, config.max_tokens)?;
+        let (_, outputs) = self.signature().map_err(EngineError::Internal)?;
         let output = match &config.output {
             Some(name) => name.clone(),
             None => outputs
@@ -153,6 +119,52 @@ impl LoadedModel {
             }
         }
         Ok(Embeddings { vectors, prompt_tokens })
+    }
+
+    /// The model's token inputs for `input`, padded to the longest row: `(tensors, attention
+    /// mask, batch, sequence length, real tokens)`.
+    pub fn token_tensors(
+        &self,
+        input: &EmbeddingInput,
+        max_tokens: usize,
+    ) -> Result<(Vec<Tensor>, Vec<i64>, usize, usize, usize), EngineError> {
+        let rows = self.token_rows(input, max_tokens)?;
+        let (batch, seq) = (rows.len(), rows.iter().map(|r| r.0.len()).max().unwrap_or(0));
+        let mut ids = vec![self.pad_id() as i64; batch * seq];
+        let mut mask = vec![0i64; batch * seq];
+        let mut types = vec![0i64; batch * seq];
+        for (b, (row_ids, row_types)) in rows.iter().enumerate() {
+            for (t, (&id, &ty)) in row_ids.iter().zip(row_types).enumerate() {
+                ids[b * seq + t] = i64::from(id);
+                mask[b * seq + t] = 1;
+                types[b * seq + t] = i64::from(ty);
+            }
+        }
+        let prompt_tokens = rows.iter().map(|r| r.0.len()).sum();
+        let (inputs, _) = self.signature().map_err(EngineError::Internal)?;
+        let tensors = inputs
+            .iter()
+            .map(|spec| {
+                let data = match spec.name.as_str() {
+                    "input_ids" => &ids,
+                    "attention_mask" => &mask,
+                    "token_type_ids" => &types,
+                    other => {
+                        return Err(EngineError::Internal(format!(
+                            "embeddings model input '{other}' is not one lmaas can fill"
+                        )))
+                    }
+                };
+                let bytes = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+                Ok(Tensor {
+                    name: spec.name.clone(),
+                    datatype: DataType::Int64,
+                    shape: vec![batch, seq],
+                    data: TensorData::Raw(bytes),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((tensors, mask, batch, seq, prompt_tokens))
     }
 
     /// Token ids per text, truncated to `max_tokens`: what batch jobs measure their batches by

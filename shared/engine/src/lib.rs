@@ -5,6 +5,7 @@ pub mod cache;
 pub mod embeddings;
 pub mod error;
 pub mod model;
+pub mod optimize;
 pub mod providers;
 pub mod runtime;
 

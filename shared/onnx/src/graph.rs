@@ -6,9 +6,7 @@ use std::collections::HashMap;
 use prost::bytes::Bytes;
 use prost::Message;
 
-use crate::proto::{
-    attribute_type, data_type, AttributeProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto,
-};
+use crate::proto::{attribute_type, data_type, AttributeProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto};
 
 /// Why a model could not be read or rewritten, worded for the person who supplied it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -73,6 +71,12 @@ pub fn f32_tensor(name: &str, dims: &[i64], values: &[f32]) -> TensorProto {
     raw_tensor(name, dims, data_type::FLOAT, values.iter().flat_map(|v| v.to_le_bytes()).collect())
 }
 
+/// A FLOAT16 tensor from f32 values (rounded to nearest).
+pub fn f16_tensor(name: &str, dims: &[i64], values: &[f32]) -> TensorProto {
+    let raw = values.iter().flat_map(|v| half::f16::from_f32(*v).to_bits().to_le_bytes()).collect();
+    raw_tensor(name, dims, data_type::FLOAT16, raw)
+}
+
 pub fn i64_tensor(name: &str, dims: &[i64], values: &[i64]) -> TensorProto {
     raw_tensor(name, dims, data_type::INT64, values.iter().flat_map(|v| v.to_le_bytes()).collect())
 }
@@ -86,7 +90,14 @@ pub fn u8_tensor(name: &str, dims: &[i64], values: Vec<u8>) -> TensorProto {
 }
 
 /// A node; `domain` is "" for the standard operator set.
-pub fn node(op: &str, domain: &str, name: &str, inputs: &[&str], outputs: &[&str], attributes: Vec<AttributeProto>) -> NodeProto {
+pub fn node(
+    op: &str,
+    domain: &str,
+    name: &str,
+    inputs: &[&str],
+    outputs: &[&str],
+    attributes: Vec<AttributeProto>,
+) -> NodeProto {
     NodeProto {
         op_type: Some(op.into()),
         domain: (!domain.is_empty()).then(|| domain.into()),
@@ -103,7 +114,12 @@ pub fn int_attribute(name: &str, value: i64) -> AttributeProto {
 }
 
 pub fn float_attribute(name: &str, value: f32) -> AttributeProto {
-    AttributeProto { name: Some(name.into()), f: Some(value), r#type: Some(attribute_type::FLOAT), ..Default::default() }
+    AttributeProto {
+        name: Some(name.into()),
+        f: Some(value),
+        r#type: Some(attribute_type::FLOAT),
+        ..Default::default()
+    }
 }
 
 pub fn ints_attribute(name: &str, values: &[i64]) -> AttributeProto {

@@ -12,17 +12,12 @@
 //! error, not just max-abs: outliers otherwise waste most of the grid. Nodes named in
 //! `keep_float` stay as they are (the engine picks them by measured sensitivity).
 //!
-//! Optionally, for int8, `smoothing` moves activation outliers into the weights (SmoothQuant):
-//! each input channel `j` of a MatMul is divided by `s_j` where it is produced and its weight row
-//! multiplied by `s_j`, which is exact in float and makes the per-run activation quantization far
-//! less lossy. It is applied where the producer can absorb `1/s` exactly: a LayerNormalization
-//! (scale and bias) feeding only MatMuls.
+//! Optionally, for int8, calibrated activation ranges move activation outliers into the weights
+//! (SmoothQuant, see `smooth`).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use crate::graph::{
-    self, f32_tensor, floats, i8_tensor, int_attribute, int_of, node, u8_tensor, GraphError,
-};
+use crate::graph::{self, f32_tensor, floats, i8_tensor, int_attribute, int_of, node, u8_tensor, GraphError};
 use crate::proto::{data_type, GraphProto, ModelProto, NodeProto, TensorProto};
 
 const MICROSOFT: &str = "com.microsoft";
@@ -51,7 +46,8 @@ impl Scheme {
                 if ![32, 64, 128].contains(&block_size) {
                     return Err(format!("'block_size' must be 32, 64 or 128, not {block_size}"));
                 }
-                Ok(Scheme::Int4 { block_size, symmetric: symmetric.unwrap_or(true) })
+                // Zero points cost 1/64 of a bit per weight and buy a lot of accuracy (README).
+                Ok(Scheme::Int4 { block_size, symmetric: symmetric.unwrap_or(false) })
             }
             other => Err(format!("'scheme' must be int8 or int4, not '{other}'")),
         }
@@ -65,11 +61,15 @@ pub struct QuantizeOptions {
     pub keep_float: BTreeSet<String>,
     /// Weights with fewer elements stay float: the integer kernels would cost more than they save.
     pub min_elements: usize,
-    /// Largest absolute value per input channel of each MatMul's activation input (by tensor
-    /// name), measured on a calibration set; enables SmoothQuant for int8.
-    pub activation_ranges: HashMap<String, Vec<f32>>,
-    /// SmoothQuant's migration strength (0 = none, 1 = all onto the weights).
-    pub smoothing_alpha: f32,
+    /// Per-channel statistics of each MatMul's activation input (by tensor name), measured on a
+    /// calibration set; needed by `smoothing` and `outlier_channels` (int8).
+    pub activation_stats: HashMap<String, ChannelStats>,
+    /// SmoothQuant's migration strength in (0, 1]: how much of each activation channel's range
+    /// moves onto the weights.
+    pub smoothing: Option<f32>,
+    /// The activation channels with the largest ranges (this many per activation) bypass int8:
+    /// a small float MatMul computes their share exactly.
+    pub outlier_channels: usize,
 }
 
 impl QuantizeOptions {
@@ -78,10 +78,18 @@ impl QuantizeOptions {
             scheme,
             keep_float: BTreeSet::new(),
             min_elements: 16 * 1024,
-            activation_ranges: HashMap::new(),
-            smoothing_alpha: 0.5,
+            activation_stats: HashMap::new(),
+            smoothing: None,
+            outlier_channels: 0,
         }
     }
+}
+
+/// Per input channel: the largest |x| and the mean of x² over the calibration tokens.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ChannelStats {
+    pub absmax: Vec<f32>,
+    pub mean_square: Vec<f32>,
 }
 
 /// A node the quantizer can rewrite.
@@ -102,8 +110,8 @@ pub struct Quantized {
     pub quantized: Vec<String>,
     /// Candidates left in float because `keep_float` named them.
     pub kept_float: Vec<String>,
-    /// LayerNormalizations that absorbed SmoothQuant scales.
-    pub smoothed: Vec<String>,
+    /// Activations rescaled (SmoothQuant) or split (outlier channels), with what was done.
+    pub conditioned: Vec<String>,
 }
 
 /// The nodes `quantize` would rewrite: MatMul/Gemm with a constant 2-D float weight and Gather on
@@ -147,10 +155,20 @@ pub fn quantize(model: &ModelProto, options: &QuantizeOptions) -> Result<Quantiz
             options.min_elements
         )));
     }
+    let source_tables: BTreeSet<String> = graph::initializers(model).into_keys().map(str::to_string).collect();
     let mut model = model.clone();
-    let mut smoothed = Vec::new();
-    if options.scheme == Scheme::Int8 && !options.activation_ranges.is_empty() && options.smoothing_alpha > 0.0 {
-        smoothed = smooth(&mut model, &candidates, options)?;
+    // Name every node first: rewrites below insert nodes, and stand-in names depend on position.
+    let graph = model.graph.as_mut().expect("decode checked the graph");
+    for (index, n) in graph.node.iter_mut().enumerate() {
+        if n.name().is_empty() {
+            n.name = Some(node_name(n, index));
+        }
+    }
+    let mut conditioned = Vec::new();
+    let mut outlier_parts = HashMap::new();
+    let conditioning = options.smoothing.is_some() || options.outlier_channels > 0;
+    if options.scheme == Scheme::Int8 && !options.activation_stats.is_empty() && conditioning {
+        (conditioned, outlier_parts) = condition_activations(&mut model, &candidates, options)?;
     }
     let graph = model.graph.as_mut().expect("decode checked the graph");
     let mut inits: HashMap<String, TensorProto> =
@@ -161,6 +179,7 @@ pub fn quantize(model: &ModelProto, options: &QuantizeOptions) -> Result<Quantiz
 
     let old_nodes = std::mem::take(&mut graph.node);
     let mut removed_bias_adds = BTreeSet::new();
+    let mut gathered_activations = BTreeSet::new();
     let mut new_nodes = Vec::with_capacity(old_nodes.len());
     let (mut quantized, mut kept_float) = (Vec::new(), Vec::new());
     for (index, n) in old_nodes.iter().enumerate() {
@@ -194,7 +213,9 @@ pub fn quantize(model: &ModelProto, options: &QuantizeOptions) -> Result<Quantiz
         let mut output = n.output[0].clone();
         let mut bias = if n.op_type() == "Gemm" { n.input.get(2).cloned().filter(|b| !b.is_empty()) } else { None };
         if bias.is_none() && !graph_outputs.contains(&output) {
-            if let Some((add_index, add, bias_name)) = following_bias_add(&old_nodes, &consumers, &output, &inits, cols_n) {
+            if let Some((add_index, add, bias_name)) =
+                following_bias_add(&old_nodes, &consumers, &output, &inits, cols_n)
+            {
                 bias = Some(bias_name);
                 output = add.output[0].clone();
                 removed_bias_adds.insert(add_index);
@@ -217,17 +238,62 @@ pub fn quantize(model: &ModelProto, options: &QuantizeOptions) -> Result<Quantiz
                 if !bias.is_empty() {
                     inputs.extend(["", bias.as_str()]);
                 }
-                node("DynamicQuantizeMatMul", MICROSOFT, &name, &inputs, &[&output], vec![])
+                let kernel = node("DynamicQuantizeMatMul", MICROSOFT, &name, &inputs, &[&output], vec![]);
+                with_outlier_part(kernel, outlier_parts.get(&name), &mut new_nodes)
             }
             Scheme::Int4 { block_size, symmetric } => {
-                let packed = quantize_columns_int4(&w, k, cols_n, block_size, symmetric);
+                let stats = options.activation_stats.get(&n.input[0]);
+                let mut w = w;
+                // The highest-energy input channels bypass int4 (their weight rows zeroed here
+                // and multiplied in float), the rest are rounded weighted by their energy.
+                if let Some(stats) = stats.filter(|_| options.outlier_channels > 0) {
+                    let mut outliers: Vec<usize> = (0..k).collect();
+                    outliers.sort_by(|&a, &b| stats.mean_square[b].total_cmp(&stats.mean_square[a]));
+                    outliers.truncate(options.outlier_channels.min(k - 1));
+                    outliers.sort_unstable();
+                    let gathered = format!("{}/outlier_channels", n.input[0]);
+                    if gathered_activations.insert(gathered.clone()) {
+                        let indices = format!("{}/outlier_indices", n.input[0]);
+                        let as_i64: Vec<i64> = outliers.iter().map(|&j| j as i64).collect();
+                        inits.insert(indices.clone(), graph::i64_tensor(&indices, &[as_i64.len() as i64], &as_i64));
+                        let attributes = vec![int_attribute("axis", -1)];
+                        new_nodes.push(node(
+                            "Gather",
+                            "",
+                            &gathered,
+                            &[&n.input[0], &indices],
+                            &[&gathered],
+                            attributes,
+                        ));
+                    }
+                    let rows: Vec<f32> =
+                        outliers.iter().flat_map(|&j| w[j * cols_n..(j + 1) * cols_n].to_vec()).collect();
+                    let (stored, weight) = (
+                        format!("{}/outlier_rows_f16", candidate.weight),
+                        format!("{}/outlier_rows", candidate.weight),
+                    );
+                    inits.insert(
+                        stored.clone(),
+                        graph::f16_tensor(&stored, &[outliers.len() as i64, cols_n as i64], &rows),
+                    );
+                    new_nodes.push(cast_to_float(&stored, &weight));
+                    for &j in &outliers {
+                        w[j * cols_n..(j + 1) * cols_n].iter_mut().for_each(|v| *v = 0.0);
+                    }
+                    outlier_parts.insert(name.clone(), OutlierPart { channels: gathered, weight });
+                }
+                let importance = stats.map(|s| s.mean_square.as_slice()).filter(|m| m.len() == k);
+                let packed = quantize_columns_int4(&w, k, cols_n, block_size, symmetric, importance);
                 let blocks = k.div_ceil(block_size);
                 let (qn, sn, zn) = (
                     format!("{}_int4", candidate.weight),
                     format!("{}_scale", candidate.weight),
                     format!("{}_zero_point", candidate.weight),
                 );
-                inits.insert(qn.clone(), u8_tensor(&qn, &[cols_n as i64, blocks as i64, block_size as i64 / 2], packed.data));
+                inits.insert(
+                    qn.clone(),
+                    u8_tensor(&qn, &[cols_n as i64, blocks as i64, block_size as i64 / 2], packed.data),
+                );
                 inits.insert(sn.clone(), f32_tensor(&sn, &[(cols_n * blocks) as i64], &packed.scales));
                 let mut inputs = vec![n.input[0].as_str(), &qn, &sn];
                 match packed.zero_points {
@@ -246,7 +312,11 @@ pub fn quantize(model: &ModelProto, options: &QuantizeOptions) -> Result<Quantiz
                     int_attribute("bits", 4),
                     int_attribute("block_size", block_size as i64),
                 ];
-                node("MatMulNBits", MICROSOFT, &name, &inputs, &[&output], attributes)
+                with_outlier_part(
+                    node("MatMulNBits", MICROSOFT, &name, &inputs, &[&output], attributes),
+                    outlier_parts.get(&name),
+                    &mut new_nodes,
+                )
             }
         };
         new_nodes.push(new);
@@ -258,8 +328,14 @@ pub fn quantize(model: &ModelProto, options: &QuantizeOptions) -> Result<Quantiz
     let mut kept: Vec<TensorProto> = inits.into_values().filter(|t| used.contains(t.name())).collect();
     kept.sort_by(|a, b| a.name().cmp(b.name()));
     graph.initializer = kept;
+    // The source's other large tables, except the weights of nodes kept in float.
+    let exact: BTreeSet<&str> =
+        candidates.iter().filter(|c| kept_float.contains(&c.node)).map(|c| c.weight.as_str()).collect();
+    let tables: BTreeSet<String> = source_tables.into_iter().filter(|t| !exact.contains(t.as_str())).collect();
+    let tables = store_tables_int8(graph, options.min_elements, &tables);
+    conditioned.extend(tables.into_iter().map(|t| format!("{t}: stored int8 per row, dequantized at load")));
     graph::import_domain(&mut model, MICROSOFT, 1);
-    Ok(Quantized { model, quantized, kept_float, smoothed })
+    Ok(Quantized { model, quantized, kept_float, conditioned })
 }
 
 /// Gemm that is a plain `x·W (+ c)`: no transposed activation, unit alpha and beta.
@@ -297,8 +373,10 @@ fn following_bias_add<'a>(
     if consumers.get(output) != Some(&1) {
         return None;
     }
-    let (index, add) =
-        nodes.iter().enumerate().find(|(_, x)| x.op_type() == "Add" && x.domain().is_empty() && x.input.iter().any(|i| i == output))?;
+    let (index, add) = nodes
+        .iter()
+        .enumerate()
+        .find(|(_, x)| x.op_type() == "Add" && x.domain().is_empty() && x.input.iter().any(|i| i == output))?;
     let other = add.input.iter().find(|i| *i != output)?;
     let bias = inits.get(other)?;
     (bias.data_type() == data_type::FLOAT && bias.dims == [n as i64]).then(|| (index, add, other.clone()))
@@ -331,12 +409,21 @@ fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     out
 }
 
+/// Symmetric int8 codes: -128 is left out, as ONNX Runtime's own quantizer does.
+const INT8_GRID: (f32, f32) = (-127.0, 127.0);
+
 /// Clipping ratios tried for each channel or block: the scale with the least squared error wins.
 const CLIP_RATIOS: [f32; 8] = [1.0, 0.97, 0.94, 0.91, 0.88, 0.85, 0.8, 0.75];
 
-/// The symmetric scale for `values` on the integer grid `[-levels, levels]` with the least
-/// squared rounding-plus-clipping error.
-fn best_symmetric_scale(values: &[f32], levels: f32, ratios: &[f32]) -> f32 {
+/// The symmetric scale for `values` on the integer grid `[lowest, levels]` with the least
+/// squared rounding-plus-clipping error, each value's error weighted by `importance` (the mean
+/// square of the activation it multiplies, when calibration measured it).
+fn best_symmetric_scale(
+    values: &[f32],
+    importance: Option<&[f32]>,
+    (lowest, levels): (f32, f32),
+    ratios: &[f32],
+) -> f32 {
     let absmax = values.iter().fold(0f32, |m, v| m.max(v.abs()));
     if absmax == 0.0 {
         return 1.0;
@@ -346,9 +433,10 @@ fn best_symmetric_scale(values: &[f32], levels: f32, ratios: &[f32]) -> f32 {
         let scale = absmax * ratio / levels;
         let error: f32 = values
             .iter()
-            .map(|v| {
-                let q = (v / scale).round().clamp(-levels, levels);
-                (q * scale - v).powi(2)
+            .enumerate()
+            .map(|(j, v)| {
+                let q = (v / scale).round().clamp(lowest, levels);
+                (q * scale - v).powi(2) * importance.map_or(1.0, |w| w[j])
             })
             .sum();
         if error < best.0 {
@@ -367,7 +455,7 @@ pub fn quantize_columns_int8(w: &[f32], k: usize, n: usize) -> (Vec<i8>, Vec<f32
         for r in 0..k {
             column[r] = w[r * n + c];
         }
-        let scale = best_symmetric_scale(&column, 127.0, &CLIP_RATIOS[..4]);
+        let scale = best_symmetric_scale(&column, None, INT8_GRID, &CLIP_RATIOS[..4]);
         scales[c] = scale;
         for r in 0..k {
             q[r * n + c] = (column[r] / scale).round().clamp(-127.0, 127.0) as i8;
@@ -386,8 +474,16 @@ pub struct PackedInt4 {
     pub zero_points: Option<Vec<u8>>,
 }
 
-/// int4 per block of `block_size` along K for each output column of a `[k, n]` weight.
-pub fn quantize_columns_int4(w: &[f32], k: usize, n: usize, block_size: usize, symmetric: bool) -> PackedInt4 {
+/// int4 per block of `block_size` along K for each output column of a `[k, n]` weight;
+/// `importance` (length `k`) weights each row's error when choosing scales.
+pub fn quantize_columns_int4(
+    w: &[f32],
+    k: usize,
+    n: usize,
+    block_size: usize,
+    symmetric: bool,
+    importance: Option<&[f32]>,
+) -> PackedInt4 {
     let blocks = k.div_ceil(block_size);
     let mut data = vec![0u8; n * blocks * block_size / 2];
     let mut scales = vec![0f32; n * blocks];
@@ -400,7 +496,8 @@ pub fn quantize_columns_int4(w: &[f32], k: usize, n: usize, block_size: usize, s
             for (j, slot) in block.iter_mut().enumerate() {
                 *slot = if j < len { w[(start + j) * n + c] } else { 0.0 };
             }
-            let (codes, scale, zero_point) = quantize_block_int4(&block[..len], symmetric);
+            let weights = importance.map(|w| &w[start..start + len]);
+            let (codes, scale, zero_point) = quantize_block_int4(&block[..len], weights, symmetric);
             scales[c * blocks + b] = scale;
             let base = (c * blocks + b) * block_size / 2;
             for (j, code) in codes.iter().enumerate() {
@@ -428,28 +525,33 @@ pub fn quantize_columns_int4(w: &[f32], k: usize, n: usize, block_size: usize, s
 }
 
 /// One block: unsigned codes in `[0, 15]`, the scale, and the zero point (8 when symmetric).
-fn quantize_block_int4(values: &[f32], symmetric: bool) -> (Vec<u8>, f32, u8) {
+/// Clipping is searched for the least (importance-weighted) squared error; asymmetric blocks
+/// search the low and high ends independently.
+fn quantize_block_int4(values: &[f32], importance: Option<&[f32]>, symmetric: bool) -> (Vec<u8>, f32, u8) {
     if symmetric {
-        // Codes -8..=7 around zero point 8; the error search picks the clipping.
-        let scale = best_symmetric_scale(values, 7.0, &CLIP_RATIOS);
+        // Codes -8..=7 around zero point 8.
+        let scale = best_symmetric_scale(values, importance, (-8.0, 7.0), &CLIP_RATIOS);
         let codes = values.iter().map(|v| ((v / scale).round().clamp(-8.0, 7.0) + 8.0) as u8).collect();
         return (codes, scale, 8);
     }
     let (lo, hi) = values.iter().fold((0f32, 0f32), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
     let mut best = (f32::INFINITY, 1.0f32, 0u8);
-    for ratio in CLIP_RATIOS {
-        let (l, h) = (lo * ratio, hi * ratio);
-        let scale = if h > l { (h - l) / 15.0 } else { 1.0 };
-        let zero_point = (-l / scale).round().clamp(0.0, 15.0) as u8;
-        let error: f32 = values
-            .iter()
-            .map(|v| {
-                let q = ((v / scale).round() + zero_point as f32).clamp(0.0, 15.0);
-                ((q - zero_point as f32) * scale - v).powi(2)
-            })
-            .sum();
-        if error < best.0 {
-            best = (error, scale, zero_point);
+    for low_ratio in CLIP_RATIOS {
+        for high_ratio in CLIP_RATIOS {
+            let (l, h) = (lo * low_ratio, hi * high_ratio);
+            let scale = if h > l { (h - l) / 15.0 } else { 1.0 };
+            let zero_point = (-l / scale).round().clamp(0.0, 15.0);
+            let error: f32 = values
+                .iter()
+                .enumerate()
+                .map(|(j, v)| {
+                    let q = ((v / scale).round() + zero_point).clamp(0.0, 15.0);
+                    ((q - zero_point) * scale - v).powi(2) * importance.map_or(1.0, |w| w[j])
+                })
+                .sum();
+            if error < best.0 {
+                best = (error, scale, zero_point as u8);
+            }
         }
     }
     let (_, scale, zero_point) = best;
@@ -478,7 +580,7 @@ fn quantize_gather(
             for r in 0..rows {
                 for b in 0..blocks {
                     let start = r * cols + b * block_size;
-                    let (codes, scale, _) = quantize_block_int4(&table[start..start + block_size], true);
+                    let (codes, scale, _) = quantize_block_int4(&table[start..start + block_size], None, true);
                     scales[r * blocks + b] = scale;
                     for (j, code) in codes.iter().enumerate() {
                         data[(start + j) / 2] |= code << (4 * (j % 2));
@@ -498,16 +600,7 @@ fn quantize_gather(
         }
         _ => {
             // int8 rows, one scale per row: gather codes and scales, then multiply.
-            let mut q = vec![0i8; rows * cols];
-            let mut scales = vec![0f32; rows];
-            for r in 0..rows {
-                let row = &table[r * cols..(r + 1) * cols];
-                let scale = best_symmetric_scale(row, 127.0, &CLIP_RATIOS[..4]);
-                scales[r] = scale;
-                for (c, v) in row.iter().enumerate() {
-                    q[r * cols + c] = (v / scale).round().clamp(-127.0, 127.0) as i8;
-                }
-            }
+            let (q, scales) = quantize_rows_int8(table, rows, cols);
             let (qn, sn) = (format!("{weight}_int8"), format!("{weight}_scale"));
             inits.insert(qn.clone(), i8_tensor(&qn, &[rows as i64, cols as i64], &q));
             // [rows, 1], so the gathered scales broadcast over each row's values.
@@ -517,84 +610,215 @@ fn quantize_gather(
             vec![
                 node("Gather", "", &codes, &[&qn, ids], &[&codes], vec![]),
                 node("Gather", "", &row_scales, &[&sn, ids], &[&row_scales], vec![]),
-                node("Cast", "", &as_float, &[&codes], &[&as_float], vec![int_attribute("to", data_type::FLOAT as i64)]),
+                node(
+                    "Cast",
+                    "",
+                    &as_float,
+                    &[&codes],
+                    &[&as_float],
+                    vec![int_attribute("to", data_type::FLOAT as i64)],
+                ),
                 node("Mul", "", name, &[&as_float, &row_scales], &[output], vec![]),
             ]
         }
     }
 }
 
-/// SmoothQuant: for each LayerNormalization whose output feeds only candidate MatMuls, divide its
-/// scale and bias by `s` and multiply those MatMuls' weight rows by `s`, where
-/// `s_j = max|x_j|^alpha / max|w_j|^(1-alpha)` over all the MatMuls it feeds.
-fn smooth(model: &mut ModelProto, candidates: &[Candidate], options: &QuantizeOptions) -> Result<Vec<String>, GraphError> {
+/// The float side of a MatMul whose outlier activation channels bypass int8: the gathered
+/// channels (`[.., k]`) and their weight rows (`[k, n]`).
+struct OutlierPart {
+    channels: String,
+    weight: String,
+}
+
+/// Prepares each activation read by candidate MatMuls for int8, using calibration statistics:
+///
+/// - **SmoothQuant** (`smoothing = alpha`): input channel `j` is divided by
+///   `s_j = max|x_j|^alpha / max|w_j|^(1-alpha)` and row `j` of each reader's weight multiplied
+///   by it. Exact in float; the per-run activation grid then spends fewer steps on a few wide
+///   channels, at the cost of coarser weight columns.
+/// - **Outlier channels** (`outlier_channels = k`): the `k` channels still widest are zeroed
+///   before quantization and their product computed in float from the original values and
+///   weight rows (`OutlierPart`), so they neither stretch the activation grid nor the weights'.
+///
+/// One `Mul` per activation does both (its factor is `1/s_j`, or 0 for an outlier channel).
+fn condition_activations(
+    model: &mut ModelProto,
+    candidates: &[Candidate],
+    options: &QuantizeOptions,
+) -> Result<(Vec<String>, HashMap<String, OutlierPart>), GraphError> {
     let graph = model.graph.as_mut().expect("decode checked the graph");
-    let mut readers: HashMap<&str, Vec<&Candidate>> = HashMap::new();
+    let mut readers: BTreeMap<&str, Vec<&Candidate>> = BTreeMap::new();
     for c in candidates.iter().filter(|c| c.op == "MatMul" && !options.keep_float.contains(&c.node)) {
         readers.entry(c.activation.as_str()).or_default().push(c);
     }
-    let all_readers = consumers(graph);
-    let mut plans = Vec::new();
-    for (index, n) in graph.node.iter().enumerate() {
-        if n.op_type() != "LayerNormalization" || n.input.len() < 3 || n.output.len() != 1 {
-            continue;
-        }
-        let out = n.output[0].as_str();
-        let (Some(matmuls), Some(ranges)) = (readers.get(out), options.activation_ranges.get(out)) else { continue };
-        if all_readers.get(out) != Some(&matmuls.len()) || graph.output.iter().any(|o| o.name() == out) {
-            continue;
-        }
-        plans.push((index, n.input[1].clone(), n.input[2].clone(), matmuls.clone(), ranges.clone()));
-    }
     let mut inits: HashMap<String, usize> =
         graph.initializer.iter().enumerate().map(|(i, t)| (t.name().to_string(), i)).collect();
-    let mut smoothed = Vec::new();
-    for (index, gamma, beta, matmuls, ranges) in plans {
-        let channels = ranges.len();
-        let mut weight_max = vec![0f32; channels];
+    let (mut conditioned, mut parts, mut constants) = (Vec::new(), HashMap::new(), Vec::new());
+    for (activation, matmuls) in readers {
+        let Some(stats) = options.activation_stats.get(activation) else { continue };
+        let channels = stats.absmax.len();
+        let mut weights = Vec::new();
         for m in &matmuls {
             let w = &graph.initializer[inits[&m.weight]];
-            let values = floats(w)?;
-            let cols = w.dims[1] as usize;
             if w.dims[0] as usize != channels {
-                return Err(GraphError(format!("'{}' has {} rows but its input has {channels} channels", m.weight, w.dims[0])));
+                return Err(GraphError(format!(
+                    "'{}' has {} rows but its input has {channels} channels",
+                    m.weight, w.dims[0]
+                )));
             }
-            for (j, row) in values.chunks(cols).enumerate() {
+            weights.push((w.dims[1] as usize, floats(w)?));
+        }
+        let mut weight_max = vec![0f32; channels];
+        for (cols, values) in &weights {
+            for (j, row) in values.chunks(*cols).enumerate() {
                 weight_max[j] = row.iter().fold(weight_max[j], |acc, v| acc.max(v.abs()));
             }
         }
-        let alpha = options.smoothing_alpha;
-        let s: Vec<f32> = ranges
+        let s: Vec<f32> = stats
+            .absmax
             .iter()
             .zip(&weight_max)
-            .map(|(x, w)| if *x > 0.0 && *w > 0.0 { (x.powf(alpha) / w.powf(1.0 - alpha)).clamp(1e-2, 1e2) } else { 1.0 })
+            .map(|(x, w)| match options.smoothing {
+                Some(a) if *x > 0.0 && *w > 0.0 => (x.powf(a) / w.powf(1.0 - a)).clamp(1e-2, 1e2),
+                _ => 1.0,
+            })
             .collect();
-        for name in [&gamma, &beta] {
-            let Some(&i) = inits.get(name.as_str()) else {
-                return Err(GraphError(format!("LayerNormalization input '{name}' is not constant")));
-            };
-            let t = &graph.initializer[i];
-            let scaled: Vec<f32> = floats(t)?.iter().zip(&s).map(|(v, s)| v / s).collect();
-            // Written under a new name: the same tensor may be shared by another node.
-            let new_name = format!("{name}_smoothed_{index}");
-            graph.initializer.push(f32_tensor(&new_name, &t.dims.clone(), &scaled));
-            inits.insert(new_name.clone(), graph.initializer.len() - 1);
-            let slot = graph.node[index].input.iter_mut().find(|x| *x == name).expect("the LayerNorm reads it");
-            *slot = new_name;
-        }
-        for m in &matmuls {
-            let i = inits[&m.weight];
-            let w = &graph.initializer[i];
-            let cols = w.dims[1] as usize;
-            let mut values = floats(w)?;
-            for (j, row) in values.chunks_mut(cols).enumerate() {
-                row.iter_mut().for_each(|v| *v *= s[j]);
+        // The widest channels (after smoothing).
+        let width = |j: usize| stats.absmax[j] / s[j];
+        let mut outliers: Vec<usize> = (0..channels).collect();
+        outliers.sort_by(|&a, &b| width(b).total_cmp(&width(a)));
+        outliers.truncate(options.outlier_channels.min(channels - 1));
+        outliers.sort_unstable();
+
+        let mut factor: Vec<f32> = s.iter().map(|s| 1.0 / s).collect();
+        outliers.iter().for_each(|&j| factor[j] = 0.0);
+        let gathered = format!("{activation}/outlier_channels");
+        for (m, (cols, mut values)) in matmuls.iter().zip(weights) {
+            if !outliers.is_empty() {
+                // Stored as float16 and cast once: ONNX Runtime folds the Cast at session creation.
+                let rows: Vec<f32> = outliers.iter().flat_map(|&j| values[j * cols..(j + 1) * cols].to_vec()).collect();
+                let (stored, weight) = (format!("{}/outlier_rows_f16", m.weight), format!("{}/outlier_rows", m.weight));
+                graph.initializer.push(graph::f16_tensor(&stored, &[outliers.len() as i64, cols as i64], &rows));
+                inits.insert(stored.clone(), graph.initializer.len() - 1);
+                constants.push(cast_to_float(&stored, &weight));
+                parts.insert(m.node.clone(), OutlierPart { channels: gathered.clone(), weight });
             }
-            graph.initializer[i] = f32_tensor(&m.weight, &w.dims.clone(), &values);
+            for (j, row) in values.chunks_mut(cols).enumerate() {
+                let scale = if factor[j] == 0.0 { 0.0 } else { s[j] };
+                row.iter_mut().for_each(|v| *v *= scale);
+            }
+            let i = inits[&m.weight];
+            let dims = graph.initializer[i].dims.clone();
+            graph.initializer[i] = f32_tensor(&m.weight, &dims, &values);
         }
-        smoothed.push(node_name(&graph.node[index], index));
+        let factor_name = format!("{activation}/int8_factor");
+        graph.initializer.push(f32_tensor(&factor_name, &[channels as i64], &factor));
+        inits.insert(factor_name.clone(), graph.initializer.len() - 1);
+        let scaled = format!("{activation}/conditioned");
+        let reader_nodes: BTreeSet<&str> = matmuls.iter().map(|m| m.node.as_str()).collect();
+        let mut position = None;
+        for (index, n) in graph.node.iter_mut().enumerate() {
+            if reader_nodes.contains(n.name()) {
+                n.input[0] = scaled.clone();
+                position.get_or_insert(index);
+            }
+        }
+        // Before the first reader, so nodes stay in topological order.
+        let at = position.expect("candidates are nodes of the graph");
+        let mut inserted = vec![node("Mul", "", &scaled, &[activation, &factor_name], &[&scaled], vec![])];
+        if !outliers.is_empty() {
+            let indices = format!("{activation}/outlier_indices");
+            let as_i64: Vec<i64> = outliers.iter().map(|&j| j as i64).collect();
+            graph.initializer.push(graph::i64_tensor(&indices, &[as_i64.len() as i64], &as_i64));
+            inserted.push(node(
+                "Gather",
+                "",
+                &gathered,
+                &[activation, &indices],
+                &[&gathered],
+                vec![int_attribute("axis", -1)],
+            ));
+        }
+        graph.node.splice(at..at, inserted);
+        let smoothing = options.smoothing.map_or("no smoothing".to_string(), |a| format!("smoothing alpha {a}"));
+        let range = |skip: &[usize]| {
+            (0..channels)
+                .filter(|j| !skip.contains(j))
+                .map(|j| stats.absmax[j] * factor[j].abs().max(1.0 / s[j]))
+                .fold(0f32, f32::max)
+        };
+        conditioned.push(format!(
+            "{activation}: {smoothing}, outlier channels {outliers:?}, int8 range {:.2} -> {:.2}",
+            stats.absmax.iter().fold(0f32, |m, v| m.max(*v)),
+            range(&outliers)
+        ));
     }
-    Ok(smoothed)
+    graph.node.splice(0..0, constants);
+    Ok((conditioned, parts))
+}
+
+/// `kernel` as is, or, when its input has outlier channels, `kernel` writing a partial result
+/// (pushed to `nodes`) plus the channels' float product (pushed too) summed into its output.
+fn with_outlier_part(mut kernel: NodeProto, part: Option<&OutlierPart>, nodes: &mut Vec<NodeProto>) -> NodeProto {
+    let Some(OutlierPart { channels, weight }) = part else { return kernel };
+    let name = kernel.name().to_string();
+    let output = std::mem::replace(&mut kernel.output[0], format!("{name}/quantized_part"));
+    let float_part = format!("{name}/outlier_part");
+    let sum = node("Add", "", &format!("{name}/sum"), &[&kernel.output[0], &float_part], &[&output], vec![]);
+    nodes.push(kernel);
+    nodes.push(node("MatMul", "", &float_part, &[channels, weight], &[&float_part], vec![]));
+    sum
+}
+
+fn cast_to_float(input: &str, output: &str) -> NodeProto {
+    node("Cast", "", output, &[input], &[output], vec![int_attribute("to", data_type::FLOAT as i64)])
+}
+
+/// Stores the remaining large float tables (say, position embeddings read by a Slice) as int8
+/// with one scale per row, dequantized by Cast and Mul on constants, which ONNX Runtime folds
+/// once at session creation: smaller files, same kernels. Only tensors named in `tables` qualify.
+fn store_tables_int8(graph: &mut GraphProto, min_elements: usize, tables: &BTreeSet<String>) -> Vec<String> {
+    let inputs: BTreeSet<String> = graph.input.iter().map(|i| i.name().to_string()).collect();
+    let (mut stored, mut scales, mut dequantize) = (Vec::new(), Vec::new(), Vec::new());
+    for t in graph.initializer.iter_mut() {
+        let name = t.name().to_string();
+        let table = t.data_type() == data_type::FLOAT && t.dims.len() == 2 && t.data_location() != 1;
+        if !table
+            || ((t.dims[0] * t.dims[1]) as usize) < min_elements
+            || !tables.contains(&name)
+            || inputs.contains(&name)
+        {
+            continue;
+        }
+        let Ok(values) = floats(t) else { continue };
+        let (rows, cols) = (t.dims[0] as usize, t.dims[1] as usize);
+        let (q, row_scales) = quantize_rows_int8(&values, rows, cols);
+        let (codes, scale, as_float) = (format!("{name}_int8"), format!("{name}_scale"), format!("{name}/codes_float"));
+        *t = i8_tensor(&codes, &[rows as i64, cols as i64], &q);
+        scales.push(f32_tensor(&scale, &[rows as i64, 1], &row_scales));
+        dequantize.push(cast_to_float(&codes, &as_float));
+        dequantize.push(node("Mul", "", &name, &[&as_float, &scale], &[&name], vec![]));
+        stored.push(name);
+    }
+    graph.initializer.extend(scales);
+    graph.node.splice(0..0, dequantize);
+    stored
+}
+
+/// int8 per row of a `[rows, cols]` table: `(values, scales [rows])`.
+fn quantize_rows_int8(table: &[f32], rows: usize, cols: usize) -> (Vec<i8>, Vec<f32>) {
+    let mut q = vec![0i8; rows * cols];
+    let mut scales = vec![0f32; rows];
+    for r in 0..rows {
+        let row = &table[r * cols..(r + 1) * cols];
+        let scale = best_symmetric_scale(row, None, INT8_GRID, &CLIP_RATIOS[..4]);
+        scales[r] = scale;
+        for (c, v) in row.iter().enumerate() {
+            q[r * cols + c] = (v / scale).round().clamp(-127.0, 127.0) as i8;
+        }
+    }
+    (q, scales)
 }
 
 #[cfg(test)]
@@ -619,7 +843,7 @@ mod tests {
         // K = 40 with blocks of 32: the second block has 8 values and 24 padding codes.
         let (k, n) = (40, 2);
         let w: Vec<f32> = (0..k * n).map(|i| (i as f32 - 40.0) / 10.0).collect();
-        let packed = quantize_columns_int4(&w, k, n, 32, true);
+        let packed = quantize_columns_int4(&w, k, n, 32, true, None);
         assert_eq!(packed.data.len(), n * 2 * 16);
         for c in 0..n {
             for r in 0..k {
@@ -631,7 +855,7 @@ mod tests {
             }
             assert_eq!(packed.data[(c * 2 + 1) * 16 + 15], 0x88, "padding is the zero point");
         }
-        let asymmetric = quantize_columns_int4(&w, k, n, 32, false);
+        let asymmetric = quantize_columns_int4(&w, k, n, 32, false, None);
         assert_eq!(asymmetric.zero_points.map(|z| z.len()), Some(n));
     }
 

@@ -69,8 +69,7 @@ pub fn validate(model_onnx: Bytes, files: &BTreeSet<String>, limits: &Validation
             )));
         }
     }
-    let local_functions: BTreeSet<(&str, &str)> =
-        model.functions.iter().map(|f| (f.domain(), f.name())).collect();
+    let local_functions: BTreeSet<(&str, &str)> = model.functions.iter().map(|f| (f.domain(), f.name())).collect();
     let mut domains = BTreeSet::new();
     let mut external = Vec::new();
     walk_graph(graph, &mut domains, &mut external);
@@ -119,7 +118,8 @@ fn walk_nodes(nodes: &[NodeProto], domains: &mut BTreeSet<(String, String)>, ext
 
 fn note_external(tensor: &TensorProto, external: &mut Vec<(String, String)>) {
     if tensor.data_location() == 1 {
-        let location = tensor.external_data.iter().find(|e| e.key() == "location").map(|e| e.value()).unwrap_or_default();
+        let location =
+            tensor.external_data.iter().find(|e| e.key() == "location").map(|e| e.value()).unwrap_or_default();
         external.push((tensor.name().to_string(), location.to_string()));
     }
 }
@@ -179,7 +179,10 @@ mod tests {
 
     fn check(bytes: &[u8], files: &[&str]) -> Vec<String> {
         let files = files.iter().map(|f| f.to_string()).collect();
-        validate(Bytes::copy_from_slice(bytes), &files, &ValidationLimits::default()).into_iter().map(|p| p.message).collect()
+        validate(Bytes::copy_from_slice(bytes), &files, &ValidationLimits::default())
+            .into_iter()
+            .map(|p| p.message)
+            .collect()
     }
 
     #[test]

@@ -13,7 +13,8 @@ fn samples() -> PathBuf {
 fn sample_models_encode_back_to_the_same_bytes() {
     for model in ["mlp", "dtypes", "minilm"] {
         let path = samples().join(model).join("model.onnx");
-        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{} (run infra/local/samples.sh): {e}", path.display()));
+        let bytes =
+            std::fs::read(&path).unwrap_or_else(|e| panic!("{} (run infra/local/samples.sh): {e}", path.display()));
         let decoded = lmaas_onnx::decode(Bytes::from(bytes.clone())).unwrap();
         let encoded = lmaas_onnx::encode(&decoded);
         assert!(encoded == bytes, "{model}: {} bytes in, {} bytes out", bytes.len(), encoded.len());
