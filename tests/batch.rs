@@ -19,7 +19,7 @@ pub async fn upload(key: &str, body: String) {
     s.s3().await.put_object().bucket(s.bucket()).key(key).body(body.into_bytes().into()).send().await.unwrap();
 }
 
-async fn download(key: &str) -> Option<String> {
+pub(crate) async fn download(key: &str) -> Option<String> {
     let s = stack();
     let object = s.s3().await.get_object().bucket(s.bucket()).key(key).send().await.ok()?;
     Some(String::from_utf8(object.body.collect().await.unwrap().into_bytes().to_vec()).unwrap())

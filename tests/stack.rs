@@ -6,6 +6,7 @@ mod auth;
 mod batch;
 mod jobs;
 mod observability;
+mod optimize;
 mod registry;
 mod server;
 

@@ -54,7 +54,10 @@ pub fn quantize(args: Args) -> anyhow::Result<()> {
         &request,
         &task_config,
         calibration.as_ref().filter(|_: &&Calibration| dir.join("tokenizer.json").exists()),
-        &mut |step| eprintln!("[quantize] {step}"),
+        &mut |done, total, step| {
+            eprintln!("[quantize {done}/{total}] {step}");
+            true
+        },
     );
     let report = match outcome {
         Ok(report) => report,

@@ -30,6 +30,7 @@ WORKER = {
     ("s3:PutObject", "bucket/results/*"),
     ("s3:DeleteObject", "bucket/results/*"),
     ("s3:PutObject", "bucket/jobs/*"),
+    ("s3:PutObject", "bucket/models/*"),  # quantize and train_classifier publish versions
 } | LIST
 REVIEWED = {
     "authorizer": S3_READ_KEYS | LIST,

@@ -36,7 +36,9 @@ struct SubmitBody {
     #[serde(rename = "type")]
     job_type: JobType,
     model: String,
-    input: String,
+    /// Required, except for quantize (its input is an optional calibration set).
+    #[serde(default)]
+    input: Option<String>,
     #[serde(default)]
     output: Option<String>,
     #[serde(default)]
@@ -92,9 +94,25 @@ impl JobsService {
                 body.model
             )));
         }
-        let input = self.s3_uri("input", &body.input, false)?;
+        let input = match (&body.input, body.job_type) {
+            (Some(input), _) => self.s3_uri("input", input, false)?,
+            (None, JobType::Quantize) => String::new(),
+            (None, _) => return Err(Error::bad_request("'input' is required: an s3:// URI of the job's input")),
+        };
         if !(body.params.is_null() || body.params.is_object()) {
             return Err(Error::bad_request("'params' must be an object"));
+        }
+        if matches!(body.job_type, JobType::Quantize | JobType::TrainClassifier) {
+            // These jobs publish a model version: the caller must be allowed to.
+            if !principal.has(lmaas_core::Scope::ModelsWrite) {
+                return Err(Error::Forbidden(format!(
+                    "{} jobs publish a model version, which needs the models:write scope",
+                    body.job_type.as_str()
+                )));
+            }
+        }
+        if body.job_type == JobType::Quantize {
+            lmaas_engine::optimize::QuantizeParams::parse(&body.params).map_err(Error::bad_request)?;
         }
         let mut id = new_job_id();
         if let Some(key) = idempotency_key(&call.request)? {

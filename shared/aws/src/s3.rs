@@ -156,6 +156,21 @@ impl RegistryStore for S3ModelStore {
         }
     }
 
+    async fn put_file(&self, name: &ModelName, version: Version, file: &str, source: &Path) -> Result<(), StoreError> {
+        let key = Self::file_key(name, version, file);
+        let failed = |what: String| StoreError(format!("uploading s3://{}/{key}: {what}", self.bucket));
+        let body = aws_sdk_s3::primitives::ByteStream::from_path(source).await.map_err(|e| failed(e.to_string()))?;
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(&key)
+            .body(body)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| failed(DisplayErrorContext(&e).to_string()))
+    }
+
     async fn presign_upload(
         &self,
         name: &ModelName,

@@ -46,6 +46,8 @@ pub trait RegistryStore: ModelStore {
     async fn delete_version(&self, name: &ModelName, version: Version) -> Result<(), StoreError>;
     /// The size of an uploaded file, or `None` if it was not uploaded.
     async fn file_size(&self, name: &ModelName, version: Version, file: &str) -> Result<Option<u64>, StoreError>;
+    /// Uploads a local file as one of a version's files (jobs that produce models use it).
+    async fn put_file(&self, name: &ModelName, version: Version, file: &str, source: &Path) -> Result<(), StoreError>;
     /// A URL the client can PUT one file to directly, valid for `expires_in`.
     async fn presign_upload(
         &self,

@@ -225,6 +225,23 @@ impl FetchError {
 
 /// Checks a file's size and sha256 against what its manifest declares; the message says what
 /// differs (the registry's commit uses the same check as the cache).
+/// A file's size and sha256 (hex), read in 1 MiB pieces.
+pub async fn file_digest(path: &Path) -> std::io::Result<(u64, String)> {
+    let mut file = tokio::fs::File::open(path).await?;
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    loop {
+        let n = file.read(&mut buffer).await?;
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+        hasher.update(&buffer[..n]);
+    }
+    Ok((total, hex::encode(hasher.finalize())))
+}
+
 pub async fn verify_file(path: &Path, name: &str, size: u64, sha256: &str) -> Result<(), String> {
     verify(path, name, size, sha256).await.map_err(|e| e.reason)
 }
@@ -234,19 +251,7 @@ async fn verify(path: &Path, name: &str, size: u64, sha256: &str) -> Result<(), 
         reason: "the local disk failed".into(),
         detail: format!("reading the download: {e}"),
     };
-    let mut file = tokio::fs::File::open(path).await.map_err(io)?;
-    let mut hasher = Sha256::new();
-    let mut buffer = vec![0u8; 1 << 20];
-    let mut total = 0u64;
-    loop {
-        let n = file.read(&mut buffer).await.map_err(io)?;
-        if n == 0 {
-            break;
-        }
-        total += n as u64;
-        hasher.update(&buffer[..n]);
-    }
-    let actual = hex::encode(hasher.finalize());
+    let (total, actual) = file_digest(path).await.map_err(io)?;
     if total != size {
         return Err(FetchError::user(format!("{name} failed verification: {total} bytes, the manifest says {size}")));
     }

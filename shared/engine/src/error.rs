@@ -17,6 +17,9 @@ pub enum EngineError {
     /// vocabulary); that is about the request, not the server.
     #[error("{0}")]
     Run(String),
+    /// Long work was asked to stop.
+    #[error("cancelled")]
+    Cancelled,
     /// Any other failure on our side.
     #[error("{0}")]
     Internal(String),
@@ -30,6 +33,7 @@ impl From<EngineError> for Error {
             EngineError::Load(m) => Error::Unavailable(m),
             EngineError::Run(m) => Error::InputRejected(format!("the model could not run on this input: {m}")),
             EngineError::Internal(m) => Error::Internal(m),
+            EngineError::Cancelled => Error::Unavailable("the work was cancelled".into()),
         }
     }
 }

@@ -52,6 +52,57 @@ impl Smoothing {
     }
 }
 
+/// A quantize job's `params`, checked when the job is submitted and again when it runs.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuantizeParams {
+    /// `int8` or `int4`.
+    pub scheme: String,
+    pub block_size: Option<usize>,
+    pub symmetric: Option<bool>,
+    #[serde(default)]
+    pub keep_float: Vec<String>,
+    pub keep_most_sensitive: Option<usize>,
+    pub outlier_channels: Option<usize>,
+    /// `auto`, `off`, or a strength.
+    pub smoothing: Option<String>,
+    /// The model to publish the result to (default: the source model, as a new version).
+    pub target: Option<String>,
+    /// The alias the new version gets (default: the scheme, `int8` or `int4`).
+    pub tag: Option<String>,
+    /// Pinned on every job by the runner; unused here.
+    #[serde(default)]
+    pub chunk_items: Option<u64>,
+}
+
+impl QuantizeParams {
+    /// Parses and checks `params`, naming the field that is wrong.
+    pub fn parse(params: &serde_json::Value) -> Result<(Self, QuantizeRequest), String> {
+        let params: QuantizeParams =
+            serde_json::from_value(params.clone()).map_err(|e| format!("invalid quantize params: {e}"))?;
+        let scheme =
+            Scheme::parse(&params.scheme, params.block_size, params.symmetric).map_err(|e| format!("params.{e}"))?;
+        let mut request = QuantizeRequest::new(scheme);
+        request.keep_float.extend(params.keep_float.iter().cloned());
+        if let Some(n) = params.keep_most_sensitive {
+            if n > 64 {
+                return Err("params.keep_most_sensitive must be at most 64".into());
+            }
+            request.keep_most_sensitive = n;
+        }
+        if let Some(k) = params.outlier_channels {
+            if k > 256 {
+                return Err("params.outlier_channels must be at most 256".into());
+            }
+            request.outlier_channels = k;
+        }
+        if let Some(smoothing) = &params.smoothing {
+            request.smoothing = Smoothing::parse(smoothing).map_err(|e| format!("params.{e}"))?;
+        }
+        Ok((params, request))
+    }
+}
+
 /// The strengths `Smoothing::Auto` tries (None = no smoothing).
 const SMOOTHING_STRENGTHS: [Option<f32>; 5] = [None, Some(0.5), Some(0.6), Some(0.7), Some(0.8)];
 
@@ -183,14 +234,15 @@ enum Probe {
 
 /// Quantizes `source_file` into `out_dir/model.onnx` (with the files beside the source, such as
 /// `tokenizer.json`, copied) and measures it. `calibration` is required for embeddings models (a `tokenizer.json` present);
-/// tensor models are probed with seeded random inputs. `progress` hears each step.
+/// tensor models are probed with seeded random inputs. `progress` hears each step (done, total,
+/// what) and answers whether to go on; `false` stops with `EngineError::Cancelled`.
 pub fn quantize_model(
     source_file: &Path,
     out_dir: &Path,
     request: &QuantizeRequest,
     task_config: &serde_json::Value,
     calibration: Option<&Calibration>,
-    progress: &mut dyn FnMut(&str),
+    progress: &mut dyn FnMut(usize, usize, &str) -> bool,
 ) -> Result<QualityReport, EngineError> {
     let source_dir = source_file.parent().unwrap_or(Path::new("."));
     let source_bytes = std::fs::read(&source_file).map_err(|e| EngineError::Internal(format!("reading model: {e}")))?;
@@ -205,16 +257,29 @@ pub fn quantize_model(
     let mut options = QuantizeOptions::new(request.scheme);
     options.keep_float = request.keep_float.clone();
     let candidates = quantize::candidates(&model, options.min_elements);
+    let auto_smoothing = request.smoothing == Smoothing::Auto && request.scheme == Scheme::Int8;
+    let total = 3
+        + if auto_smoothing { SMOOTHING_STRENGTHS.len() } else { 0 }
+        + if request.keep_most_sensitive > 0 { candidates.len() } else { 0 };
+    let mut done = 0;
+    let mut step = |what: &str| -> Result<(), EngineError> {
+        done += 1;
+        if progress(done, total, what) {
+            Ok(())
+        } else {
+            Err(EngineError::Cancelled)
+        }
+    };
     options.outlier_channels = request.outlier_channels;
     // int8 uses the statistics to smooth and split activations, int4 to split the
     // highest-energy channels and weight rounding errors by energy.
     let conditioning = request.smoothing != Smoothing::Off || request.outlier_channels > 0;
     if conditioning || matches!(request.scheme, Scheme::Int4 { .. }) {
         if let Probe::Embeddings { calibration, .. } = &probe {
-            progress("measuring activation statistics");
             options.activation_stats = activation_stats(&model, &candidates, &work, calibration)?;
         }
     }
+    step("measured activation statistics")?;
     let reference = outputs_of(&source, &probe, Split::Calibration)?;
     let mut smoothing_search = Vec::new();
     options.smoothing = match request.smoothing {
@@ -223,11 +288,11 @@ pub fn quantize_model(
         Smoothing::Auto if options.activation_stats.is_empty() => None,
         Smoothing::Auto => {
             for alpha in SMOOTHING_STRENGTHS {
-                progress(&format!("trying smoothing {alpha:?}"));
                 let trial = QuantizeOptions { smoothing: alpha, ..options.clone() };
                 let quantized = quantize::quantize(&model, &trial).map_err(|e| EngineError::Run(e.0))?;
                 let loaded = write_and_load(&quantized.model, &work)?;
                 smoothing_search.push((alpha, cost(&reference, &outputs_of(&loaded, &probe, Split::Calibration)?)));
+                step(&format!("tried smoothing {alpha:?}"))?;
             }
             smoothing_search.iter().min_by(|a, b| a.1.total_cmp(&b.1)).and_then(|best| best.0)
         }
@@ -235,27 +300,27 @@ pub fn quantize_model(
     let mut sensitivity = Vec::new();
     if request.keep_most_sensitive > 0 {
         for (i, candidate) in candidates.iter().enumerate() {
-            progress(&format!("sensitivity {}/{}: {}", i + 1, candidates.len(), candidate.node));
             let mut alone = options.clone();
             alone.keep_float = candidates.iter().filter(|c| c.node != candidate.node).map(|c| c.node.clone()).collect();
             let quantized = quantize::quantize(&model, &alone).map_err(|e| EngineError::Run(e.0))?;
             let loaded = write_and_load(&quantized.model, &work)?;
             let cost = cost(&reference, &outputs_of(&loaded, &probe, Split::Calibration)?);
             sensitivity.push((candidate.node.clone(), cost));
+            step(&format!("sensitivity {}/{}: {}", i + 1, candidates.len(), candidate.node))?;
         }
         sensitivity.sort_by(|a, b| b.1.total_cmp(&a.1));
         options.keep_float.extend(sensitivity.iter().take(request.keep_most_sensitive).map(|(n, _)| n.clone()));
     }
-    progress("quantizing");
     let quantized = quantize::quantize(&model, &options).map_err(|e| EngineError::Run(e.0))?;
     let quantized_loaded = write_and_load(&quantized.model, &work)?;
     let quantized_size = std::fs::metadata(work.join("model.onnx")).map_err(io)?.len();
 
-    progress("evaluating");
+    step("quantized")?;
     let before = outputs_of(&source, &probe, Split::Evaluation)?;
     let after = outputs_of(&quantized_loaded, &probe, Split::Evaluation)?;
     let per_input: Vec<f64> = before.iter().zip(&after).map(|(a, b)| compare(&probe, a, b)).collect();
     let latency = measure_latency(&source, &quantized_loaded, &probe)?;
+    step("evaluated")?;
     drop(quantized_loaded);
     for entry in std::fs::read_dir(&work).map_err(io)? {
         let entry = entry.map_err(io)?;

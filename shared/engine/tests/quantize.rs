@@ -21,7 +21,7 @@ fn quantize(source: &Path, scheme: Scheme) -> Result<(QualityReport, tempfile::T
         &QuantizeRequest::new(scheme),
         &task,
         Some(&default_calibration()),
-        &mut |_| {},
+        &mut |_, _, _| true,
     )
     .map_err(|e| e.to_string())?;
     Ok((report, out))

@@ -40,16 +40,16 @@ impl Scheme {
     pub fn parse(scheme: &str, block_size: Option<usize>, symmetric: Option<bool>) -> Result<Self, String> {
         match scheme {
             "int8" if block_size.is_none() => Ok(Scheme::Int8),
-            "int8" => Err("'block_size' applies to int4 only".into()),
+            "int8" => Err("block_size applies to int4 only".into()),
             "int4" => {
                 let block_size = block_size.unwrap_or(32);
                 if ![32, 64, 128].contains(&block_size) {
-                    return Err(format!("'block_size' must be 32, 64 or 128, not {block_size}"));
+                    return Err(format!("block_size must be 32, 64 or 128, not {block_size}"));
                 }
                 // Zero points cost 1/64 of a bit per weight and buy a lot of accuracy (README).
                 Ok(Scheme::Int4 { block_size, symmetric: symmetric.unwrap_or(false) })
             }
-            other => Err(format!("'scheme' must be int8 or int4, not '{other}'")),
+            other => Err(format!("scheme must be int8 or int4, not '{other}'")),
         }
     }
 }

@@ -5,13 +5,13 @@
 pub mod chunk;
 pub mod daemon;
 pub mod lambda;
+pub mod produce;
 pub mod queue;
 pub mod runner;
 
 use std::sync::Arc;
 
 use lmaas_api::WorkerConfig;
-use lmaas_core::ModelResolver;
 use lmaas_engine::ModelCache;
 
 pub use runner::{Delivery, JobRunner, Outcome};
@@ -24,10 +24,11 @@ pub async fn runner_from_env(config: &WorkerConfig) -> (Arc<JobRunner>, aws_sdk_
     let jobs = Arc::new(lmaas_aws::S3JobStore::new(s3.clone(), config.bucket.clone()));
     let runner = JobRunner::new(
         jobs,
-        ModelResolver::new(store.clone(), config.alias_ttl),
+        store.clone(),
         ModelCache::new(store, config.cache.clone()),
         lmaas_aws::BatchObjects::new(s3, config.bucket.clone()),
         chunk::BatchBudget::default(),
+        config.alias_ttl,
     );
     (Arc::new(runner), lmaas_aws::config::sqs_client(&sdk))
 }

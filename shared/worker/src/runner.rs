@@ -7,6 +7,7 @@
 //! one job (a visibility timeout that ran out) waste work but write the same bytes.
 
 use std::collections::BTreeSet;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -14,7 +15,7 @@ use lmaas_aws::batch::{BatchObjects, InputError, InputLines};
 use lmaas_core::jobs::{split_s3_uri, Job, JobId, JobStatus, JobStore, JobType};
 use lmaas_core::manifest::Task;
 use lmaas_core::metrics as metric;
-use lmaas_core::{Error, Limits, ModelRef, ModelResolver};
+use lmaas_core::{Error, Limits, ModelRef, ModelResolver, RegistryStore};
 use lmaas_engine::{EmbeddingConfig, LoadedModel, ModelCache};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
@@ -49,7 +50,7 @@ pub struct Delivery {
 
 /// Why a job stopped before it finished.
 #[derive(Debug)]
-enum Stop {
+pub(crate) enum Stop {
     /// The job itself is wrong (missing input, unknown model): retrying cannot help.
     Invalid(String),
     /// Something outside the job failed (S3, a model download): worth another attempt.
@@ -70,13 +71,13 @@ impl From<InputError> for Stop {
     }
 }
 
-fn transient(e: impl std::fmt::Display) -> Stop {
+pub(crate) fn transient(e: impl std::fmt::Display) -> Stop {
     Stop::Transient(e.to_string())
 }
 
 /// Errors from resolving or loading a model: a model that is not there is the job's fault; a
 /// store or engine failure is not.
-fn classify(e: Error) -> Stop {
+pub(crate) fn classify(e: Error) -> Stop {
     match e {
         Error::NotFound(m) | Error::BadRequest(m) | Error::Forbidden(m) => Stop::Invalid(m),
         other => Stop::Transient(other.to_string()),
@@ -92,23 +93,30 @@ struct BatchModel {
 }
 
 pub struct JobRunner {
-    jobs: Arc<dyn JobStore>,
-    resolver: ModelResolver,
+    pub(crate) jobs: Arc<dyn JobStore>,
+    /// Where jobs that produce models publish them (and read their sources from).
+    pub(crate) registry: Arc<dyn RegistryStore>,
+    pub(crate) resolver: ModelResolver,
     cache: ModelCache,
-    objects: BatchObjects,
+    pub(crate) objects: BatchObjects,
     limits: Limits,
     budget: BatchBudget,
+    /// Scratch space for jobs that build files (a folder per job, removed after it).
+    pub(crate) scratch: PathBuf,
 }
 
 impl JobRunner {
     pub fn new(
         jobs: Arc<dyn JobStore>,
-        resolver: ModelResolver,
+        registry: Arc<dyn RegistryStore>,
         cache: ModelCache,
         objects: BatchObjects,
         budget: BatchBudget,
+        alias_ttl: std::time::Duration,
     ) -> Self {
-        JobRunner { jobs, resolver, cache, objects, limits: Limits::default(), budget }
+        let resolver = ModelResolver::new(registry.clone(), alias_ttl);
+        let scratch = std::env::temp_dir().join("lmaas-jobs");
+        JobRunner { jobs, registry, resolver, cache, objects, limits: Limits::default(), budget, scratch }
     }
 
     /// Loads models before any job needs them (a fleet host warms up before it polls).
@@ -152,9 +160,12 @@ impl JobRunner {
                 let finished = self
                     .modify(id, |job| {
                         finish(job, JobStatus::Succeeded, None);
-                        job.progress.done = items.unwrap_or(job.progress.done);
-                        job.progress.total = items;
-                        job.progress.errors = errors.unwrap_or(0);
+                        // Batch jobs count items; model-producing jobs counted their steps.
+                        if items.is_some() {
+                            job.progress.done = items.unwrap_or(job.progress.done);
+                            job.progress.total = items;
+                            job.progress.errors = errors.unwrap_or(0);
+                        }
                     })
                     .await;
                 match finished {
@@ -229,8 +240,12 @@ impl JobRunner {
 
     async fn execute(&self, job: &Job, stop: &CancellationToken) -> Result<Value, Stop> {
         let job_type = job.job_type.as_str();
-        if !matches!(job.job_type, JobType::BatchEmbed | JobType::BatchInfer) {
-            return Err(Stop::Invalid(format!("{job_type} jobs are not run by this worker yet")));
+        match job.job_type {
+            JobType::BatchEmbed | JobType::BatchInfer => {}
+            JobType::Quantize => return self.quantize(job).await,
+            JobType::TrainClassifier => {
+                return Err(Stop::Invalid(format!("{job_type} jobs are not run by this worker yet")))
+            }
         }
         let input_key = self.key_in_bucket(&job.input, "input")?;
         let output_prefix = self.key_in_bucket(&job.output, "output")?;
@@ -355,7 +370,7 @@ impl JobRunner {
         Ok(total)
     }
 
-    fn key_in_bucket(&self, uri: &str, field: &str) -> Result<String, Stop> {
+    pub(crate) fn key_in_bucket(&self, uri: &str, field: &str) -> Result<String, Stop> {
         match split_s3_uri(uri) {
             Some((bucket, key)) if bucket == self.objects.bucket() => Ok(key.to_string()),
             _ => Err(Stop::Invalid(format!("{field} {uri} is not in the lmaas bucket"))),
@@ -397,7 +412,7 @@ impl JobRunner {
 
     /// Applies `change` to the latest record with compare-and-swap, retrying on conflicts (the
     /// API writes `cancel_requested` concurrently).
-    async fn modify(&self, id: &JobId, change: impl Fn(&mut Job)) -> Result<Job, String> {
+    pub(crate) async fn modify(&self, id: &JobId, change: impl Fn(&mut Job)) -> Result<Job, String> {
         for _ in 0..8 {
             let (mut job, revision) =
                 self.jobs.get(id).await.map_err(|e| e.to_string())?.ok_or_else(|| format!("job {id} has no record"))?;
