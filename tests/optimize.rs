@@ -97,3 +97,88 @@ async fn bad_quantize_requests_are_refused_before_they_queue() {
     assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
     assert!(answer["error"]["message"].as_str().unwrap().contains("'input' is required"), "{answer}");
 }
+
+fn fixture_text(name: &str) -> String {
+    std::fs::read_to_string(lmaas_tests::root().join("samples/fixtures").join(name)).unwrap()
+}
+
+#[tokio::test]
+async fn train_classifier_on_digits_serves_a_model_more_accurate_than_logistic_regression() {
+    let token = stack().admin_token();
+    let key = format!("training/digits-{}.jsonl", std::process::id());
+    super::batch::upload(&key, fixture_text("digits_train.jsonl")).await;
+    let target = format!("digits{}", std::process::id());
+    let body = json!({
+        "type": "train_classifier",
+        "input": format!("s3://lmaas-local/{key}"),
+        "params": {"target": target, "head": "mlp", "hidden": 64, "seed": 7},
+    });
+    let (status, job) = submit(token, &body).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{job}");
+    let done = super::batch::wait_for(job["id"].as_str().unwrap(), 300, "to a final status", |j| {
+        j["status"] == "succeeded" || j["status"] == "failed"
+    })
+    .await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+
+    let (_, manifest) = call(Method::GET, &format!("/v1/models/{target}/versions/1"), Some(token), None).await;
+    let training = &manifest["config"]["training"];
+    assert_eq!(training["train_rows"].as_u64().unwrap() + training["validation_rows"].as_u64().unwrap(), 1347);
+    assert!(training["loss_curve"].as_array().unwrap().len() >= 10, "{training}");
+    assert!(training["validation_accuracy"].as_f64().unwrap() > 0.9, "{training}");
+    let classes = manifest["config"]["classifier"]["classes"].clone();
+    assert_eq!(classes.as_array().unwrap().len(), 10);
+    assert_eq!(manifest["inputs"][0]["name"], "features");
+
+    // The held-out test split through V2, in three requests.
+    let (mut correct, mut rows) = (0, 0);
+    let test = fixture_text("digits_test.jsonl");
+    let lines: Vec<Value> = test.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    for chunk in lines.chunks(150) {
+        let data: Vec<Value> = chunk.iter().flat_map(|l| l["features"].as_array().unwrap().clone()).collect();
+        let request = json!({"inputs": [{"name": "features", "datatype": "FP32", "shape": [chunk.len(), 64], "data": data}],
+                             "outputs": [{"name": "label"}]});
+        let (status, answer) =
+            call(Method::POST, &format!("/v2/models/{target}/infer"), Some(token), Some(&request)).await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        let labels = answer["outputs"][0]["data"].as_array().unwrap();
+        for (line, label) in chunk.iter().zip(labels) {
+            correct += usize::from(classes[label.as_u64().unwrap() as usize] == line["label"]);
+            rows += 1;
+        }
+    }
+    let accuracy = correct as f64 / rows as f64;
+    let sklearn: Value = serde_json::from_str(&fixture_text("digits.json")).unwrap();
+    let sklearn = sklearn["logistic_regression_test_accuracy"].as_f64().unwrap();
+    assert!(accuracy >= sklearn, "served accuracy {accuracy} < scikit-learn's {sklearn}");
+}
+
+#[tokio::test]
+async fn bad_training_input_fails_the_job_naming_the_line() {
+    let token = stack().admin_token();
+    let key = format!("training/bad-{}.jsonl", std::process::id());
+    super::batch::upload(
+        &key,
+        "{\"features\": [1, 2], \"label\": \"a\"}\n{\"features\": [1, \"x\"], \"label\": \"b\"}\n".into(),
+    )
+    .await;
+    let body =
+        json!({"type": "train_classifier", "input": format!("s3://lmaas-local/{key}"), "params": {"target": "never"}});
+    let (status, job) = submit(token, &body).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{job}");
+    let done = super::batch::wait_for(job["id"].as_str().unwrap(), 60, "to fail", |j| j["status"] == "failed").await;
+    let error = done["error"].as_str().unwrap();
+    assert!(error.contains("input line 2: 'features' must be an array of numbers"), "{error}");
+
+    let (status, answer) =
+        submit(token, &json!({"type": "train_classifier", "input": format!("s3://lmaas-local/{key}")})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    assert!(answer["error"]["message"].as_str().unwrap().contains("params.target is required"), "{answer}");
+    let (status, answer) = submit(
+        token,
+        &json!({"type": "train_classifier", "model": "mlp", "input": format!("s3://lmaas-local/{key}"), "params": {"target": "x"}}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    assert!(answer["error"]["message"].as_str().unwrap().contains("needs an embeddings model"), "{answer}");
+}

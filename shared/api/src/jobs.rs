@@ -35,7 +35,9 @@ pub struct JobsService {
 struct SubmitBody {
     #[serde(rename = "type")]
     job_type: JobType,
-    model: String,
+    /// Required, except for train_classifier on feature vectors (no base model).
+    #[serde(default)]
+    model: Option<String>,
     /// Required, except for quantize (its input is an optional calibration set).
     #[serde(default)]
     input: Option<String>,
@@ -85,15 +87,23 @@ impl JobsService {
             .map_err(|e| Error::bad_request(format!("invalid job request: {e}")))?;
         let body: SubmitBody =
             serde_json::from_value(raw.clone()).map_err(|e| Error::bad_request(format!("invalid job request: {e}")))?;
-        let model = ModelRef::parse(&body.model).map_err(|e| Error::bad_request(format!("'model': {e}")))?;
-        let manifest = self.resolver.resolve(&model).await?;
-        authorize(principal, &manifest, lmaas_core::acl::Access::Invoke)?;
-        if body.job_type == JobType::BatchEmbed && manifest.task != Task::Embeddings {
-            return Err(Error::bad_request(format!(
-                "'model': batch_embed needs an embeddings model; '{}' is not one",
-                body.model
-            )));
-        }
+        let model_name = match (&body.model, body.job_type) {
+            (Some(model), _) => {
+                let reference = ModelRef::parse(model).map_err(|e| Error::bad_request(format!("'model': {e}")))?;
+                let manifest = self.resolver.resolve(&reference).await?;
+                authorize(principal, &manifest, lmaas_core::acl::Access::Invoke)?;
+                let needs_embeddings = matches!(body.job_type, JobType::BatchEmbed | JobType::TrainClassifier);
+                if needs_embeddings && manifest.task != Task::Embeddings {
+                    return Err(Error::bad_request(format!(
+                        "'model': {} needs an embeddings model; '{model}' is not one",
+                        body.job_type.as_str()
+                    )));
+                }
+                model.clone()
+            }
+            (None, JobType::TrainClassifier) => String::new(),
+            (None, _) => return Err(Error::bad_request("'model' is required")),
+        };
         let input = match (&body.input, body.job_type) {
             (Some(input), _) => self.s3_uri("input", input, false)?,
             (None, JobType::Quantize) => String::new(),
@@ -111,8 +121,14 @@ impl JobsService {
                 )));
             }
         }
-        if body.job_type == JobType::Quantize {
-            lmaas_engine::optimize::QuantizeParams::parse(&body.params).map_err(Error::bad_request)?;
+        match body.job_type {
+            JobType::Quantize => {
+                lmaas_engine::optimize::QuantizeParams::parse(&body.params).map_err(Error::bad_request)?;
+            }
+            JobType::TrainClassifier => {
+                lmaas_engine::train::TrainParams::parse(&body.params).map_err(Error::bad_request)?;
+            }
+            _ => {}
         }
         let mut id = new_job_id();
         if let Some(key) = idempotency_key(&call.request)? {
@@ -139,7 +155,7 @@ impl JobsService {
         let mut job = Job::queued(
             id.clone(),
             body.job_type,
-            body.model,
+            model_name,
             input,
             output,
             body.params,

@@ -8,6 +8,7 @@ pub mod model;
 pub mod optimize;
 pub mod providers;
 pub mod runtime;
+pub mod train;
 
 pub use cache::{CacheConfig, ModelCache};
 pub use embeddings::{EmbeddingConfig, EmbeddingInput, Embeddings};

@@ -2,6 +2,7 @@
 //! without loss), the registry's checks on untrusted uploads (DESIGN.md §6), graph building
 //! helpers, and the weight quantizer.
 
+pub mod classifier;
 pub mod graph;
 pub mod proto;
 pub mod quantize;

@@ -1,4 +1,4 @@
-//! Jobs whose result is a new registered model version: `quantize` (and `train_classifier`).
+//! Jobs whose result is a new registered model version: `quantize` and `train_classifier`.
 //! The work happens in a scratch folder; `register` then publishes the files as the next version
 //! of the target model, ready and tagged, with the job's report in the manifest.
 //!
@@ -14,8 +14,11 @@ use lmaas_core::acl::Acl;
 use lmaas_core::jobs::{Job, JobId};
 use lmaas_core::manifest::{FileEntry, ModelState, Task, MODEL_FILE};
 use lmaas_core::{AliasName, Manifest, ModelName, ModelRef, RegistryStore, Version};
+use lmaas_engine::embeddings::Pooling;
 use lmaas_engine::optimize::{self, QuantizeParams};
-use lmaas_engine::{EngineError, ExecutionProviders, LoadedModel};
+use lmaas_engine::train::{self, LabeledData, TrainParams};
+use lmaas_engine::{EmbeddingConfig, EmbeddingInput, EngineError, ExecutionProviders, LoadedModel};
+use lmaas_onnx::classifier;
 use serde_json::{json, Value};
 
 use crate::runner::{classify, transient, JobRunner, Stop};
@@ -296,5 +299,193 @@ impl JobRunner {
             }
         }
         Ok(())
+    }
+}
+
+/// Largest labeled input a train_classifier job reads (rows).
+const MAX_TRAINING_ROWS: usize = 200_000;
+
+/// The labeled input: texts (embedded by the base model) or feature vectors.
+enum Examples {
+    Texts(Vec<String>, Vec<String>),
+    Features(LabeledData),
+}
+
+impl JobRunner {
+    /// `train_classifier`: labeled JSONL (`{"text", "label"}` with an embeddings base model, or
+    /// `{"features", "label"}`) → a trained head → ONNX (the base model with the head appended,
+    /// or the head alone) → the next version of `params.target`, with the training report (loss
+    /// curve, accuracies) in its manifest (`config.training`).
+    pub(crate) async fn train_classifier(&self, job: &Job) -> Result<Value, Stop> {
+        let params = TrainParams::parse(&job.params).map_err(Stop::Invalid)?;
+        let target = ModelName::parse(&params.target).map_err(|e| Stop::Invalid(format!("params.target: {e}")))?;
+        self.check_target_is_ours(job, &target).await?;
+        let mut tags = vec![AliasName::latest()];
+        if let Some(tag) = &params.tag {
+            tags.push(AliasName::parse(tag).map_err(|e| Stop::Invalid(format!("params.tag: {e}")))?);
+        }
+        let key = self.key_in_bucket(&job.input, "input")?;
+        let examples = self.read_examples(&key).await?;
+        let dir = self.scratch.join(job.id.as_str());
+        let _ = tokio::fs::remove_dir_all(&dir).await;
+        tokio::fs::create_dir_all(&dir).await.map_err(transient)?;
+        let result = self.train_in(job, &params, examples, &dir, target, tags).await;
+        let _ = tokio::fs::remove_dir_all(&dir).await;
+        result
+    }
+
+    async fn read_examples(&self, key: &str) -> Result<Examples, Stop> {
+        let mut lines = self.objects.lines(key).await?;
+        let (mut texts, mut features, mut labels) = (Vec::new(), Vec::new(), Vec::new());
+        let mut number = 0usize;
+        while let Some(line) =
+            lines.next_line().await.map_err(|e| Stop::Transient(format!("reading the input: {e}")))?
+        {
+            number += 1;
+            if line.trim().is_empty() {
+                continue;
+            }
+            if labels.len() == MAX_TRAINING_ROWS {
+                return Err(Stop::Invalid(format!("the input has more than {MAX_TRAINING_ROWS} rows")));
+            }
+            let bad = |what: &str| Stop::Invalid(format!("input line {number}: {what}"));
+            let row: Value = serde_json::from_str(&line).map_err(|e| bad(&format!("not JSON ({e})")))?;
+            let label = match &row["label"] {
+                Value::String(s) if !s.is_empty() => s.clone(),
+                Value::Number(n) => n.to_string(),
+                Value::Bool(b) => b.to_string(),
+                _ => return Err(bad("'label' must be a non-empty string, a number or a boolean")),
+            };
+            match (&row["text"], &row["features"]) {
+                (Value::String(text), Value::Null) if features.is_empty() => texts.push(text.clone()),
+                (Value::Null, Value::Array(values)) if texts.is_empty() => features.push(
+                    values
+                        .iter()
+                        .map(|v| v.as_f64().map(|f| f as f32))
+                        .collect::<Option<Vec<f32>>>()
+                        .ok_or_else(|| bad("'features' must be an array of numbers"))?,
+                ),
+                (Value::Null, Value::Null) => return Err(bad("each line needs 'text' or 'features'")),
+                _ => return Err(bad("every line must have the same kind of input: all 'text' or all 'features'")),
+            }
+            labels.push(label);
+        }
+        if labels.is_empty() {
+            return Err(Stop::Invalid("the input has no labeled rows".into()));
+        }
+        Ok(if texts.is_empty() {
+            Examples::Features(LabeledData { features, labels })
+        } else {
+            Examples::Texts(texts, labels)
+        })
+    }
+
+    async fn train_in(
+        &self,
+        job: &Job,
+        params: &TrainParams,
+        examples: Examples,
+        dir: &Path,
+        target: ModelName,
+        tags: Vec<AliasName>,
+    ) -> Result<Value, Stop> {
+        let mut files = vec![MODEL_FILE.to_string()];
+        let (data, base) = match examples {
+            Examples::Features(data) => {
+                if !job.model.is_empty() {
+                    return Err(Stop::Invalid("feature vectors train a head alone: leave 'model' out".into()));
+                }
+                (data, None)
+            }
+            Examples::Texts(texts, labels) => {
+                if job.model.is_empty() {
+                    return Err(Stop::Invalid("text examples need 'model': the embeddings model to train on".into()));
+                }
+                let reference = ModelRef::parse(&job.model).map_err(|e| Stop::Invalid(format!("model: {e}")))?;
+                let manifest = self.resolver.resolve(&reference).await.map_err(classify)?;
+                let config = EmbeddingConfig::from_manifest_config(&manifest.config)
+                    .map_err(|e| Stop::Invalid(format!("model {} has an invalid task config: {e}", manifest.name)))?;
+                let loaded =
+                    self.cache.get(&manifest).await.map_err(|e| Stop::Transient(format!("loading the model: {e}")))?;
+                let embed_config = config.clone();
+                let features = with_progress(self, job, move |progress| {
+                    let mut vectors = Vec::with_capacity(texts.len());
+                    let batches = texts.len().div_ceil(32);
+                    for (i, batch) in texts.chunks(32).enumerate() {
+                        let input = EmbeddingInput::Texts(batch.to_vec());
+                        vectors.extend(loaded.embed(&input, &embed_config, None)?.vectors);
+                        if !progress(i + 1, batches, &format!("embedded {} of {} texts", vectors.len(), texts.len())) {
+                            return Err(EngineError::Cancelled);
+                        }
+                    }
+                    Ok(vectors)
+                })
+                .await?;
+                download(self.registry.as_ref(), &manifest, &dir.join("base")).await.map_err(Stop::Transient)?;
+                files.push("tokenizer.json".into());
+                (LabeledData { features, labels }, Some((manifest, config)))
+            }
+        };
+        let config = params.config.clone();
+        let (head, report) = with_progress(self, job, move |progress| train::train(&data, &config, progress)).await?;
+        let model = match &base {
+            None => classifier::head_model(&head),
+            Some((manifest, config)) => {
+                let raw = tokio::fs::read(dir.join("base").join(MODEL_FILE)).await.map_err(transient)?;
+                let base_model = lmaas_onnx::decode(raw.into()).map_err(|e| Stop::Invalid(e.0))?;
+                let output = match &config.output {
+                    Some(name) => name.clone(),
+                    None => manifest.outputs.first().map(|o| o.name.clone()).unwrap_or_default(),
+                };
+                let token_states =
+                    manifest.outputs.iter().find(|o| o.name == output).is_some_and(|o| o.shape.len() == 3);
+                let pooling = match config.pooling {
+                    Pooling::Mean => classifier::Pooling::Mean,
+                    Pooling::Cls => classifier::Pooling::Cls,
+                };
+                tokio::fs::copy(dir.join("base").join("tokenizer.json"), dir.join("tokenizer.json"))
+                    .await
+                    .map_err(transient)?;
+                classifier::attach_to_base(base_model, &output, token_states, pooling, config.normalize, &head)
+                    .map_err(|e| Stop::Invalid(e.0))?
+            }
+        };
+        tokio::fs::write(dir.join(MODEL_FILE), lmaas_onnx::encode(&model)).await.map_err(transient)?;
+        let report = serde_json::to_value(&report).map_err(transient)?;
+        let base_name = base.as_ref().map(|(m, _)| format!("{}:{}", m.name, m.version));
+        let mut config = json!({
+            "classifier": { "classes": head.classes, "input": if base.is_some() { "text" } else { "features" }, "base": base_name },
+            "training": report,
+        });
+        if let Some((manifest, _)) = &base {
+            // The base's tokenization settings travel with the merged model.
+            config["task"] = manifest.config.get("task").cloned().unwrap_or(Value::Null);
+        }
+        let new = NewVersion {
+            name: target,
+            task: Task::Tensor,
+            dir: dir.to_path_buf(),
+            files,
+            config,
+            tenant: Some(job.tenant.clone()),
+            acl: Acl::default(),
+            tags,
+            job: job.id.clone(),
+        };
+        let manifest = register(self.registry.as_ref(), new).await.map_err(Stop::Transient)?;
+        self.resolver.forget(&manifest.name);
+        let output_prefix = self.key_in_bucket(&job.output, "output")?;
+        let summary = json!({
+            "job_id": job.id,
+            "type": job.job_type,
+            "model": format!("{}:{}", manifest.name, manifest.version),
+            "base": base_name,
+            "train_accuracy": report["train_accuracy"],
+            "validation_accuracy": report["validation_accuracy"],
+            "best_epoch": report["best_epoch"],
+            "finished_at": lmaas_core::time::now_rfc3339_millis(),
+        });
+        self.objects.put_json(&format!("{output_prefix}report.json"), &summary).await.map_err(transient)?;
+        Ok(summary)
     }
 }

@@ -97,7 +97,7 @@ pub struct JobRunner {
     /// Where jobs that produce models publish them (and read their sources from).
     pub(crate) registry: Arc<dyn RegistryStore>,
     pub(crate) resolver: ModelResolver,
-    cache: ModelCache,
+    pub(crate) cache: ModelCache,
     pub(crate) objects: BatchObjects,
     limits: Limits,
     budget: BatchBudget,
@@ -243,9 +243,7 @@ impl JobRunner {
         match job.job_type {
             JobType::BatchEmbed | JobType::BatchInfer => {}
             JobType::Quantize => return self.quantize(job).await,
-            JobType::TrainClassifier => {
-                return Err(Stop::Invalid(format!("{job_type} jobs are not run by this worker yet")))
-            }
+            JobType::TrainClassifier => return self.train_classifier(job).await,
         }
         let input_key = self.key_in_bucket(&job.input, "input")?;
         let output_prefix = self.key_in_bucket(&job.output, "output")?;
