@@ -2,7 +2,7 @@
 # `make bench`: starts the local stack with the sample models (the cold-start rows fetch them
 # from its emulator), then runs the handler benchmark and the batch_embed benchmark (in process
 # and with release-built worker daemons), keeping their tables in .lmaas/bench/{handler,batch}.txt.
-# Usage: bench.sh [handler] [http] [batch]   (default: all)
+# Usage: bench.sh [handler] [http] [batch] [quantize]   (default: all)
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$root"
@@ -19,7 +19,7 @@ done
 grep -q "dev stack ready" "$state/stack.out" || { tail -20 "$state/stack.log"; exit 1; }
 set -a; . "$state/stack.env"; set +a
 benches=("${@:-handler}" )
-[ $# -eq 0 ] && benches=(handler http batch)   # `bench.sh batch` runs one
+[ $# -eq 0 ] && benches=(handler http batch quantize)   # `bench.sh batch` runs one
 for bench in "${benches[@]}"; do
   case "$bench" in
     handler) cargo bench -p lmaas-api --bench handler 2>&1 | tee "$state/handler.txt" ;;
@@ -34,6 +34,12 @@ for bench in "${benches[@]}"; do
       }
       cargo build --profile bench -p infer
       cargo bench -p lmaas-api --bench http 2>&1 | tee "$state/http.txt" ;;
-    *) echo "unknown bench '$bench' (handler, batch, http)" >&2; exit 2 ;;
+    quantize)
+      # ONNX Runtime's own int8 MiniLM (quantize_dynamic, per-channel), the row lmaas int8 is held to.
+      mkdir -p "$state/ort_int8"
+      [ -f "$state/ort_int8/model.onnx" ] || .lmaas/venv/bin/python bench/ort_quantize.py \
+        .lmaas/samples/minilm/model.onnx "$state/ort_int8/model.onnx" 2>/dev/null
+      cargo bench -p lmaas-engine --bench quantized 2>&1 | tee "$state/quantize.txt" ;;
+    *) echo "unknown bench '$bench' (handler, http, batch, quantize)" >&2; exit 2 ;;
   esac
 done

@@ -1,8 +1,9 @@
 //! Weight quantization as a graph rewrite, for ONNX Runtime's integer kernels:
 //!
 //! - **int8 dynamic**: `MatMul`/`Gemm` with a constant weight become com.microsoft
-//!   `DynamicQuantizeMatMul` (activations quantized per run, weights int8 with one scale per
-//!   output column, the following bias `Add` folded in). Large `Gather` tables (embeddings) are
+//!   `MatMulIntegerToFloat` after one `DynamicQuantizeLinear` per activation (quantized per run,
+//!   shared by every MatMul reading it), weights int8 with one scale per output column, the
+//!   following bias `Add` folded in. Large `Gather` tables (embeddings) are
 //!   stored int8 with one scale per row and dequantized after the gather, so only the gathered
 //!   rows are ever turned back into floats.
 //! - **int4 weight-only**: `MatMul`/`Gemm` become com.microsoft `MatMulNBits` (blocks of 32, 64 or
@@ -70,6 +71,8 @@ pub struct QuantizeOptions {
     /// The activation channels with the largest ranges (this many per activation) bypass int8:
     /// a small float MatMul computes their share exactly.
     pub outlier_channels: usize,
+    /// ...but only where that narrows the activation's int8 range at least this many times.
+    pub outlier_min_narrowing: f32,
 }
 
 impl QuantizeOptions {
@@ -81,6 +84,7 @@ impl QuantizeOptions {
             activation_stats: HashMap::new(),
             smoothing: None,
             outlier_channels: 0,
+            outlier_min_narrowing: 2.0,
         }
     }
 }
@@ -170,6 +174,7 @@ pub fn quantize(model: &ModelProto, options: &QuantizeOptions) -> Result<Quantiz
     if options.scheme == Scheme::Int8 && !options.activation_stats.is_empty() && conditioning {
         (conditioned, outlier_parts) = condition_activations(&mut model, &candidates, options)?;
     }
+    let model_opsets = ModelProto { opset_import: model.opset_import.clone(), ..Default::default() };
     let graph = model.graph.as_mut().expect("decode checked the graph");
     let mut inits: HashMap<String, TensorProto> =
         std::mem::take(&mut graph.initializer).into_iter().map(|t| (t.name().to_string(), t)).collect();
@@ -180,11 +185,114 @@ pub fn quantize(model: &ModelProto, options: &QuantizeOptions) -> Result<Quantiz
     let old_nodes = std::mem::take(&mut graph.node);
     let mut removed_bias_adds = BTreeSet::new();
     let mut gathered_activations = BTreeSet::new();
+    let mut quantized_activations = BTreeSet::new();
     let mut new_nodes = Vec::with_capacity(old_nodes.len());
     let (mut quantized, mut kept_float) = (Vec::new(), Vec::new());
+    // int8 MatMuls that read the same activation (Q, K, V) run as one wider MatMul whose output
+    // is split: one kernel, one outlier MatMul and one Add instead of three of each.
+    let mut fused_groups: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    if options.scheme == Scheme::Int8 {
+        for (index, n) in old_nodes.iter().enumerate() {
+            let name = node_name(n, index);
+            let fusable = n.op_type() == "MatMul"
+                && by_name.contains_key(name.as_str())
+                && !options.keep_float.contains(&name)
+                && !graph_outputs.contains(&n.output[0]);
+            if fusable {
+                fused_groups.entry(n.input[0].clone()).or_default().push(index);
+            }
+        }
+        fused_groups.retain(|_, members| members.len() > 1);
+    }
+    let first_of_group: BTreeMap<usize, String> =
+        fused_groups.iter().map(|(activation, members)| (members[0], activation.clone())).collect();
+    let in_group: BTreeSet<usize> = fused_groups.values().flatten().copied().collect();
+    let opset = graph::standard_opset(&model_opsets);
     for (index, n) in old_nodes.iter().enumerate() {
         let name = node_name(n, index);
         if removed_bias_adds.contains(&index) {
+            continue;
+        }
+        if let Some(activation) = first_of_group.get(&index) {
+            let members = &fused_groups[activation];
+            let mut parts = Vec::new();
+            for &member in members {
+                let m = &old_nodes[member];
+                let member_name = node_name(m, member);
+                let candidate = by_name[member_name.as_str()];
+                let weight = inits.get(&candidate.weight).expect("candidates are initializers");
+                let (k, cols) = (weight.dims[0] as usize, weight.dims[1] as usize);
+                let values = floats(weight)?;
+                let (mut bias, mut output) = (None, m.output[0].clone());
+                if let Some((add_index, add, bias_name)) =
+                    following_bias_add(&old_nodes, &consumers, &output, &inits, cols)
+                {
+                    bias = Some(floats(&inits[&bias_name])?);
+                    output = add.output[0].clone();
+                    removed_bias_adds.insert(add_index);
+                }
+                parts.push((member_name, k, cols, values, bias, output));
+            }
+            let k = parts[0].1;
+            if parts.iter().any(|p| p.1 != k) {
+                return Err(GraphError(format!("MatMuls reading '{activation}' disagree on its width")));
+            }
+            let total: usize = parts.iter().map(|p| p.2).sum();
+            let mut fused = vec![0f32; k * total];
+            let mut offset = 0;
+            for (_, _, cols, values, _, _) in &parts {
+                for r in 0..k {
+                    fused[r * total + offset..r * total + offset + cols]
+                        .copy_from_slice(&values[r * cols..(r + 1) * cols]);
+                }
+                offset += cols;
+            }
+            let bias: Vec<f32> = parts.iter().flat_map(|p| p.4.clone().unwrap_or_else(|| vec![0.0; p.2])).collect();
+            let group = format!("{}/fused", parts[0].0);
+            let (q, scales) = quantize_columns_int8(&fused, k, total);
+            let (qn, sn, bn) = (format!("{group}_int8"), format!("{group}_scale"), format!("{group}_bias"));
+            inits.insert(qn.clone(), i8_tensor(&qn, &[k as i64, total as i64], &q));
+            inits.insert(sn.clone(), f32_tensor(&sn, &[total as i64], &scales));
+            inits.insert(bn.clone(), f32_tensor(&bn, &[total as i64], &bias));
+            let (aq, a_scale, a_zero) = activation_quantized(activation, &mut quantized_activations, &mut new_nodes);
+            let inputs = [aq.as_str(), &qn, &a_scale, &sn, &a_zero, "", &bn];
+            let fused_out = format!("{group}/output");
+            let kernel = node("MatMulIntegerToFloat", MICROSOFT, &group, &inputs, &[&fused_out], vec![]);
+            // The members' outlier rows side by side, like their weights.
+            let outlier = match parts.iter().map(|p| outlier_parts.get(&p.0)).collect::<Option<Vec<_>>>() {
+                Some(members) => {
+                    let k_out = members[0].k;
+                    let mut rows = vec![0f32; k_out * total];
+                    let mut offset = 0;
+                    for (part, p) in members.iter().zip(&parts) {
+                        for r in 0..k_out {
+                            rows[r * total + offset..r * total + offset + p.2]
+                                .copy_from_slice(&part.rows[r * p.2..(r + 1) * p.2]);
+                        }
+                        offset += p.2;
+                    }
+                    Some(OutlierPart { channels: members[0].channels.clone(), rows, k: k_out })
+                }
+                None => None,
+            };
+            let summed = with_outlier_part(kernel, outlier.as_ref(), &mut inits, &mut new_nodes);
+            new_nodes.push(summed);
+            let sizes: Vec<i64> = parts.iter().map(|p| p.2 as i64).collect();
+            let outputs: Vec<&str> = parts.iter().map(|p| p.5.as_str()).collect();
+            let split_name = format!("{group}/split");
+            let split = if opset >= 13 {
+                let sizes_name = format!("{group}/split_sizes");
+                inits.insert(sizes_name.clone(), graph::i64_tensor(&sizes_name, &[sizes.len() as i64], &sizes));
+                node("Split", "", &split_name, &[&fused_out, &sizes_name], &outputs, vec![int_attribute("axis", -1)])
+            } else {
+                let attributes = vec![int_attribute("axis", -1), graph::ints_attribute("split", &sizes)];
+                node("Split", "", &split_name, &[&fused_out], &outputs, attributes)
+            };
+            new_nodes.push(split);
+            quantized.extend(parts.into_iter().map(|p| p.0));
+            continue;
+        }
+        if in_group.contains(&index) {
             continue;
         }
         let Some(candidate) = by_name.get(name.as_str()) else {
@@ -234,12 +342,16 @@ pub fn quantize(model: &ModelProto, options: &QuantizeOptions) -> Result<Quantiz
                 let (qn, sn) = (format!("{}_int8", candidate.weight), format!("{}_scale", candidate.weight));
                 inits.insert(qn.clone(), i8_tensor(&qn, &[k as i64, cols_n as i64], &q));
                 inits.insert(sn.clone(), f32_tensor(&sn, &[cols_n as i64], &scales));
-                let mut inputs = vec![n.input[0].as_str(), &qn, &sn];
+                // The activation is quantized once per run however many MatMuls read it (Q, K and
+                // V share one), then each MatMul runs on the integers.
+                let (aq, a_scale, a_zero) =
+                    activation_quantized(&n.input[0], &mut quantized_activations, &mut new_nodes);
+                let mut inputs = vec![aq.as_str(), &qn, &a_scale, &sn, &a_zero];
                 if !bias.is_empty() {
                     inputs.extend(["", bias.as_str()]);
                 }
-                let kernel = node("DynamicQuantizeMatMul", MICROSOFT, &name, &inputs, &[&output], vec![]);
-                with_outlier_part(kernel, outlier_parts.get(&name), &mut new_nodes)
+                let kernel = node("MatMulIntegerToFloat", MICROSOFT, &name, &inputs, &[&output], vec![]);
+                with_outlier_part(kernel, outlier_parts.get(&name), &mut inits, &mut new_nodes)
             }
             Scheme::Int4 { block_size, symmetric } => {
                 let stats = options.activation_stats.get(&n.input[0]);
@@ -268,19 +380,10 @@ pub fn quantize(model: &ModelProto, options: &QuantizeOptions) -> Result<Quantiz
                     }
                     let rows: Vec<f32> =
                         outliers.iter().flat_map(|&j| w[j * cols_n..(j + 1) * cols_n].to_vec()).collect();
-                    let (stored, weight) = (
-                        format!("{}/outlier_rows_f16", candidate.weight),
-                        format!("{}/outlier_rows", candidate.weight),
-                    );
-                    inits.insert(
-                        stored.clone(),
-                        graph::f16_tensor(&stored, &[outliers.len() as i64, cols_n as i64], &rows),
-                    );
-                    new_nodes.push(cast_to_float(&stored, &weight));
                     for &j in &outliers {
                         w[j * cols_n..(j + 1) * cols_n].iter_mut().for_each(|v| *v = 0.0);
                     }
-                    outlier_parts.insert(name.clone(), OutlierPart { channels: gathered, weight });
+                    outlier_parts.insert(name.clone(), OutlierPart { channels: gathered, rows, k: outliers.len() });
                 }
                 let importance = stats.map(|s| s.mean_square.as_slice()).filter(|m| m.len() == k);
                 let packed = quantize_columns_int4(&w, k, cols_n, block_size, symmetric, importance);
@@ -312,11 +415,8 @@ pub fn quantize(model: &ModelProto, options: &QuantizeOptions) -> Result<Quantiz
                     int_attribute("bits", 4),
                     int_attribute("block_size", block_size as i64),
                 ];
-                with_outlier_part(
-                    node("MatMulNBits", MICROSOFT, &name, &inputs, &[&output], attributes),
-                    outlier_parts.get(&name),
-                    &mut new_nodes,
-                )
+                let kernel = node("MatMulNBits", MICROSOFT, &name, &inputs, &[&output], attributes);
+                with_outlier_part(kernel, outlier_parts.get(&name), &mut inits, &mut new_nodes)
             }
         };
         new_nodes.push(new);
@@ -336,6 +436,28 @@ pub fn quantize(model: &ModelProto, options: &QuantizeOptions) -> Result<Quantiz
     conditioned.extend(tables.into_iter().map(|t| format!("{t}: stored int8 per row, dequantized at load")));
     graph::import_domain(&mut model, MICROSOFT, 1);
     Ok(Quantized { model, quantized, kept_float, conditioned })
+}
+
+/// The uint8 form of `activation` (values, scale, zero point), quantized once per run by a
+/// `DynamicQuantizeLinear` emitted the first time it is asked for.
+fn activation_quantized(
+    activation: &str,
+    done: &mut BTreeSet<String>,
+    nodes: &mut Vec<NodeProto>,
+) -> (String, String, String) {
+    let names = (format!("{activation}/uint8"), format!("{activation}/scale"), format!("{activation}/zero_point"));
+    if done.insert(activation.to_string()) {
+        let outputs = [names.0.as_str(), &names.1, &names.2];
+        nodes.push(node(
+            "DynamicQuantizeLinear",
+            "",
+            &format!("{activation}/quantize"),
+            &[activation],
+            &outputs,
+            vec![],
+        ));
+    }
+    names
 }
 
 /// Gemm that is a plain `x·W (+ c)`: no transposed activation, unit alpha and beta.
@@ -625,10 +747,11 @@ fn quantize_gather(
 }
 
 /// The float side of a MatMul whose outlier activation channels bypass int8: the gathered
-/// channels (`[.., k]`) and their weight rows (`[k, n]`).
+/// channels (`[.., k]`) and their original weight rows (`[k, n]`, row-major).
 struct OutlierPart {
     channels: String,
-    weight: String,
+    rows: Vec<f32>,
+    k: usize,
 }
 
 /// Prepares each activation read by candidate MatMuls for int8, using calibration statistics:
@@ -654,7 +777,7 @@ fn condition_activations(
     }
     let mut inits: HashMap<String, usize> =
         graph.initializer.iter().enumerate().map(|(i, t)| (t.name().to_string(), i)).collect();
-    let (mut conditioned, mut parts, mut constants) = (Vec::new(), HashMap::new(), Vec::new());
+    let (mut conditioned, mut parts) = (Vec::new(), HashMap::new());
     for (activation, matmuls) in readers {
         let Some(stats) = options.activation_stats.get(activation) else { continue };
         let channels = stats.absmax.len();
@@ -684,25 +807,26 @@ fn condition_activations(
                 _ => 1.0,
             })
             .collect();
-        // The widest channels (after smoothing).
+        // The widest channels (after smoothing), when splitting them off narrows the int8 range
+        // enough to pay for the extra float work.
         let width = |j: usize| stats.absmax[j] / s[j];
         let mut outliers: Vec<usize> = (0..channels).collect();
         outliers.sort_by(|&a, &b| width(b).total_cmp(&width(a)));
-        outliers.truncate(options.outlier_channels.min(channels - 1));
+        let k = options.outlier_channels.min(channels - 1);
+        let narrowed = width(outliers[0]) / width(outliers[k]).max(f32::MIN_POSITIVE);
+        outliers.truncate(if narrowed >= options.outlier_min_narrowing { k } else { 0 });
         outliers.sort_unstable();
+        if outliers.is_empty() && options.smoothing.is_none() {
+            continue;
+        }
 
         let mut factor: Vec<f32> = s.iter().map(|s| 1.0 / s).collect();
         outliers.iter().for_each(|&j| factor[j] = 0.0);
         let gathered = format!("{activation}/outlier_channels");
         for (m, (cols, mut values)) in matmuls.iter().zip(weights) {
             if !outliers.is_empty() {
-                // Stored as float16 and cast once: ONNX Runtime folds the Cast at session creation.
                 let rows: Vec<f32> = outliers.iter().flat_map(|&j| values[j * cols..(j + 1) * cols].to_vec()).collect();
-                let (stored, weight) = (format!("{}/outlier_rows_f16", m.weight), format!("{}/outlier_rows", m.weight));
-                graph.initializer.push(graph::f16_tensor(&stored, &[outliers.len() as i64, cols as i64], &rows));
-                inits.insert(stored.clone(), graph.initializer.len() - 1);
-                constants.push(cast_to_float(&stored, &weight));
-                parts.insert(m.node.clone(), OutlierPart { channels: gathered.clone(), weight });
+                parts.insert(m.node.clone(), OutlierPart { channels: gathered.clone(), rows, k: outliers.len() });
             }
             for (j, row) in values.chunks_mut(cols).enumerate() {
                 let scale = if factor[j] == 0.0 { 0.0 } else { s[j] };
@@ -754,20 +878,28 @@ fn condition_activations(
             range(&outliers)
         ));
     }
-    graph.node.splice(0..0, constants);
     Ok((conditioned, parts))
 }
 
 /// `kernel` as is, or, when its input has outlier channels, `kernel` writing a partial result
 /// (pushed to `nodes`) plus the channels' float product (pushed too) summed into its output.
-fn with_outlier_part(mut kernel: NodeProto, part: Option<&OutlierPart>, nodes: &mut Vec<NodeProto>) -> NodeProto {
-    let Some(OutlierPart { channels, weight }) = part else { return kernel };
+/// The rows are stored as float16 and cast once (ONNX Runtime folds the Cast at load).
+fn with_outlier_part(
+    mut kernel: NodeProto,
+    part: Option<&OutlierPart>,
+    inits: &mut HashMap<String, TensorProto>,
+    nodes: &mut Vec<NodeProto>,
+) -> NodeProto {
+    let Some(OutlierPart { channels, rows, k }) = part else { return kernel };
     let name = kernel.name().to_string();
+    let (stored, weight) = (format!("{name}/outlier_rows_f16"), format!("{name}/outlier_rows"));
+    inits.insert(stored.clone(), graph::f16_tensor(&stored, &[*k as i64, (rows.len() / k) as i64], rows));
     let output = std::mem::replace(&mut kernel.output[0], format!("{name}/quantized_part"));
     let float_part = format!("{name}/outlier_part");
     let sum = node("Add", "", &format!("{name}/sum"), &[&kernel.output[0], &float_part], &[&output], vec![]);
     nodes.push(kernel);
-    nodes.push(node("MatMul", "", &float_part, &[channels, weight], &[&float_part], vec![]));
+    nodes.push(cast_to_float(&stored, &weight));
+    nodes.push(node("MatMul", "", &float_part, &[channels, &weight], &[&float_part], vec![]));
     sum
 }
 
