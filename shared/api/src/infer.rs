@@ -100,7 +100,8 @@ impl InferService {
             .map_err(|e| Error::Internal(format!("model {} has an invalid task config: {e}", manifest.name)))?;
         let loaded = self.cache.get(&manifest).await?;
         let (input, dimensions) = (request.input, request.dimensions);
-        let embeddings = tokio::task::spawn_blocking(move || loaded.embed(&input, &config, dimensions))
+        // Concurrent requests on one model share session runs (micro-batching).
+        let embeddings = tokio::task::spawn_blocking(move || loaded.embed_batched(input, &config, dimensions))
             .await
             .map_err(|e| Error::Internal(format!("embeddings task failed: {e}")))??;
         Ok(json(StatusCode::OK, &crate::embeddings::response(&request.model_name, &embeddings, request.base64)))

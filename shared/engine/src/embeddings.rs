@@ -8,7 +8,7 @@ use crate::{EngineError, LoadedModel};
 
 /// How a model's outputs become embeddings: the version's `lmaas.json`, stored in its manifest's
 /// `config.task` at commit. Defaults fit sentence-transformers models.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EmbeddingConfig {
     #[serde(default)]
@@ -81,6 +81,17 @@ impl LoadedModel {
         config: &EmbeddingConfig,
         dimensions: Option<usize>,
     ) -> Result<Embeddings, EngineError> {
+        let (vectors, tokens) = self.embed_rows(input, config, dimensions)?;
+        Ok(Embeddings { vectors, prompt_tokens: tokens.iter().sum() })
+    }
+
+    /// `embed`, with the number of tokens of each input.
+    pub(crate) fn embed_rows(
+        &self,
+        input: &EmbeddingInput,
+        config: &EmbeddingConfig,
+        dimensions: Option<usize>,
+    ) -> Result<(Vec<Vec<f32>>, Vec<usize>), EngineError> {
         if let Some(d) = dimensions {
             if !config.dimensions.contains(&d) {
                 let allowed =
@@ -90,7 +101,7 @@ impl LoadedModel {
                 )));
             }
         }
-        let (tensors, mask, batch, seq, prompt_tokens) = self.token_tensors(input, config.max_tokens)?;
+        let (tensors, mask, batch, seq, _) = self.token_tensors(input, config.max_tokens)?;
         let (_, outputs) = self.signature().map_err(EngineError::Internal)?;
         let output = match &config.output {
             Some(name) => name.clone(),
@@ -118,7 +129,8 @@ impl LoadedModel {
                 normalize(vector);
             }
         }
-        Ok(Embeddings { vectors, prompt_tokens })
+        let tokens = (0..batch).map(|b| mask[b * seq..(b + 1) * seq].iter().filter(|m| **m != 0).count()).collect();
+        Ok((vectors, tokens))
     }
 
     /// The model's token inputs for `input`, padded to the longest row: `(tensors, attention

@@ -1,6 +1,7 @@
 //! The lmaas inference engine: ONNX Runtime loaded once per process, sessions created with the
 //! execution providers the deployment asks for, and a model cache from S3 to disk to memory.
 
+pub mod batcher;
 pub mod cache;
 pub mod embeddings;
 pub mod error;

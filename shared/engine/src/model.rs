@@ -26,6 +26,8 @@ pub struct LoadedModel {
     /// Metric labels: the model and version that loaded this session (versions with the same
     /// content share one session, and its first loader's name).
     labels: [(&'static str, String); 3],
+    /// Concurrent embedding requests share runs (`embed_batched`).
+    batcher: crate::batcher::EmbeddingBatcher,
 }
 
 impl std::fmt::Debug for LoadedModel {
@@ -84,7 +86,15 @@ impl LoadedModel {
         };
         let labels =
             [("model", String::new()), ("version", String::new()), ("execution_provider", chosen.as_str().to_string())];
-        Ok(LoadedModel { session: Mutex::new(session), execution_provider: chosen, bytes, tokenizer, pad_id, labels })
+        Ok(LoadedModel {
+            session: Mutex::new(session),
+            execution_provider: chosen,
+            bytes,
+            tokenizer,
+            pad_id,
+            labels,
+            batcher: Default::default(),
+        })
     }
 
     /// The model's inputs and outputs as ONNX Runtime sees them (`-1` for dynamic dims); `None`
@@ -109,6 +119,10 @@ impl LoadedModel {
 
     pub(crate) fn tokenizer(&self) -> Option<&Mutex<tokenizers::Tokenizer>> {
         self.tokenizer.as_ref()
+    }
+
+    pub(crate) fn batcher(&self) -> &crate::batcher::EmbeddingBatcher {
+        &self.batcher
     }
 
     pub(crate) fn pad_id(&self) -> u32 {
