@@ -1,7 +1,8 @@
 //! Handler overhead vs raw ONNX Runtime, side by side in one run, and cold start.
 //!
-//! For `mlp` and `minilm` at batch 1, 8 and 32 it times the infer service in process (request
-//! bytes → response bytes: routing, validation, the cached session, encoding) against a raw
+//! For `mlp`, `minilm` and `minilm-int8` (quantized by lmaas) at batch 1, 8 and 32 it times the
+//! infer service in process (request bytes → response bytes: routing, validation, the cached
+//! session, encoding) against a raw
 //! `session.run` on the same inputs with the same threads (tensor creation and output copy
 //! included, as any caller needs). It prints p50/p99 and the ratio, for JSON and for binary
 //! tensor data. With `AWS_ENDPOINT_URL` and `LMAAS_BUCKET` set (make bench does), it also
@@ -37,7 +38,8 @@ fn main() {
         "{:<8} {:>5} {:<6} {:>10} {:>10} {:>10} {:>10} {:>8}",
         "model", "batch", "body", "raw p50", "raw p99", "lmaas p50", "lmaas p99", "p50 x"
     );
-    for model in ["mlp", "minilm"] {
+    quantized_minilm();
+    for model in ["mlp", "minilm", "minilm-int8"] {
         let service = runtime.block_on(service_for(model));
         let mut raw = raw_session(model);
         for batch in [1, 8, 32] {
@@ -119,7 +121,27 @@ fn ms(d: Duration) -> String {
 }
 
 fn sample_dir(model: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.lmaas/samples").join(model)
+    let lmaas = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.lmaas");
+    match model {
+        "minilm-int8" => lmaas.join("bench/minilm-int8"),
+        _ => lmaas.join("samples").join(model),
+    }
+}
+
+/// MiniLM quantized by lmaas (int8, the defaults), made once into .lmaas/bench/minilm-int8.
+fn quantized_minilm() {
+    let dir = sample_dir("minilm-int8");
+    if dir.join("model.onnx").exists() {
+        return;
+    }
+    std::fs::create_dir_all(&dir).unwrap();
+    let source = sample_dir("minilm").join("model.onnx");
+    let request = lmaas_engine::optimize::QuantizeRequest::new(lmaas_onnx::quantize::Scheme::Int8);
+    let calibration = lmaas_engine::optimize::default_calibration();
+    let task = serde_json::from_slice(&std::fs::read(sample_dir("minilm").join("lmaas.json")).unwrap()).unwrap();
+    lmaas_engine::optimize::quantize_model(&source, &dir, &request, &task, Some(&calibration), &mut |_, _, _| true)
+        .unwrap();
+    std::fs::copy(sample_dir("minilm").join("lmaas.json"), dir.join("lmaas.json")).unwrap();
 }
 
 fn manifest_for(model: &str, files: &[(&str, Vec<u8>)]) -> Manifest {
@@ -139,7 +161,7 @@ fn manifest_for(model: &str, files: &[(&str, Vec<u8>)]) -> Manifest {
             (name.to_string(), FileEntry { sha256: hex::encode(Sha256::digest(bytes)), size: bytes.len() as u64 })
         })
         .collect();
-    let task = if model == "minilm" { Task::Embeddings } else { Task::Tensor };
+    let task = if model.starts_with("minilm") { Task::Embeddings } else { Task::Tensor };
     let mut manifest =
         Manifest::ready(ModelName::parse(model).unwrap(), Version::new(1).unwrap(), task, entries, inputs, outputs);
     if let Ok(config) = std::fs::read(sample_dir(model).join("lmaas.json")) {
@@ -361,7 +383,8 @@ fn cold_start_table() {
     println!("\ncold start: new process -> first answer, model fetched from the emulator into an empty cache");
     println!("{:<8} {:>10} {:>12} {:>12}", "model", "total", "in process", "first call");
     let exe = std::env::current_exe().unwrap();
-    for model in ["mlp", "minilm"] {
+    quantized_minilm();
+    for model in ["mlp", "minilm", "minilm-int8"] {
         let started = Instant::now();
         let output = std::process::Command::new(&exe).args(["--cold-start-child", model]).output().unwrap();
         let total = started.elapsed();

@@ -3,6 +3,11 @@
 //! Python ONNX Runtime behind FastAPI/uvicorn), side by side in one run: the same MiniLM model
 //! file, the same request (`POST /v1/embeddings`, one sentence), the same intra-op threads, at
 //! concurrency 1, 4 and 16. The load generator shares the machine's cores with both servers.
+//! Also P3, cold start: process start → first embeddings answer with an empty model cache (the
+//! model in S3 on the emulator), against the floor (loading ONNX Runtime + downloading the files
+//! + creating the session, measured alone in this process) and against the baseline's cold start
+//! (which reads the model from local disk); and P5, peak RSS (VmHWM) of both servers with the
+//! model loaded and after the load. Writes `.lmaas/bench/http.svg` (p50 and throughput).
 //!
 //! Run: `make bench` (or `infra/local/bench.sh http`), which starts the stack, builds the release
 //! `infer` and installs the baseline's pinned packages into .lmaas/bench-venv.
@@ -36,6 +41,8 @@ fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let port = |offset: u16| 20_000 + (std::process::id() % 20_000) as u16 + offset;
+    let model_bytes = std::fs::metadata(root.join(".lmaas/samples/minilm/model.onnx")).unwrap().len();
+    let cold = runtime.block_on(cold_starts(&root, port(2), port(3)));
     let lmaas = Server {
         name: "lmaas",
         url: format!("http://127.0.0.1:{}", port(0)),
@@ -75,9 +82,11 @@ fn main() {
             "{:>5} {:>10} {:>10} {:>9} {:>10} {:>10} {:>9} {:>9} {:>9}",
             "conc", "lmaas p50", "lmaas p99", "lmaas/s", "base p50", "base p99", "base/s", "p50 x", "thru x"
         );
+        let mut rows = Vec::new();
         for concurrency in [1, 4, 16] {
             let ours = load(&client, &lmaas, concurrency).await;
             let theirs = load(&client, &baseline, concurrency).await;
+            rows.push((concurrency, ours.p50_ms, theirs.p50_ms, ours.per_second, theirs.per_second));
             println!(
                 "{concurrency:>5} {:>8.2}ms {:>8.2}ms {:>9.1} {:>8.2}ms {:>8.2}ms {:>9.1} {:>9.2} {:>9.2}",
                 ours.p50_ms,
@@ -90,7 +99,194 @@ fn main() {
                 ours.per_second / theirs.per_second
             );
         }
+        let svg = root.join(".lmaas/bench/http.svg");
+        std::fs::write(&svg, plot(&rows)).unwrap();
+        println!("plot: {}", svg.display());
+
+        println!();
+        println!("P3: cold start, process start -> first /v1/embeddings answer (minilm)");
+        println!(
+            "lmaas {:.0} ms (model from S3, empty cache) | floor {:.0} ms (ORT load {:.0} + download {:.0} + session {:.0}) | x floor {:.2} | BASELINE {:.0} ms (model on local disk)",
+            cold.lmaas_ms, cold.floor.total(), cold.floor.runtime_ms, cold.floor.download_ms, cold.floor.session_ms,
+            cold.lmaas_ms / cold.floor.total(), cold.baseline_ms
+        );
+        println!();
+        let limit = 2.0 * model_bytes as f64 / 1e6 + 50.0;
+        println!("P5: peak RSS (VmHWM); target <= 2 x model file + 50 MB = {limit:.0} MB");
+        println!(
+            "lmaas  {:.0} MB after the first answer, {:.0} MB after the load | BASELINE {:.0} MB / {:.0} MB",
+            cold.lmaas_rss_mb, peak_rss_mb(lmaas.child.id()), cold.baseline_rss_mb, peak_rss_mb(baseline.child.id())
+        );
     });
+}
+
+/// Peak resident memory of a process, in MB (VmHWM from /proc).
+fn peak_rss_mb(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0.0);
+    kb * 1024.0 / 1e6
+}
+
+struct Floor {
+    runtime_ms: f64,
+    download_ms: f64,
+    session_ms: f64,
+}
+
+impl Floor {
+    fn total(&self) -> f64 {
+        self.runtime_ms + self.download_ms + self.session_ms
+    }
+}
+
+struct ColdStarts {
+    lmaas_ms: f64,
+    lmaas_rss_mb: f64,
+    baseline_ms: f64,
+    baseline_rss_mb: f64,
+    floor: Floor,
+}
+
+/// P3 and the first half of P5: each server started fresh, timed to its first answer.
+async fn cold_starts(root: &std::path::Path, lmaas_port: u16, baseline_port: u16) -> ColdStarts {
+    let client = reqwest::Client::new();
+    let cache = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let lmaas = Server {
+        name: "lmaas",
+        url: format!("http://127.0.0.1:{lmaas_port}"),
+        token: Some(std::env::var("LMAAS_TOKEN").expect("the stack's environment (run make bench)")),
+        child: Command::new(root.join("target/release/infer"))
+            .env("LMAAS_HTTP_ADDR", format!("127.0.0.1:{lmaas_port}"))
+            .env("LMAAS_MODEL_CACHE_DIR", cache.path())
+            .env("LMAAS_PRELOAD", "")
+            .env("LMAAS_METRICS_ADDR", "")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("target/release/infer (make bench builds it)"),
+    };
+    first_answer(&client, &lmaas, started).await;
+    let lmaas_ms = started.elapsed().as_secs_f64() * 1e3;
+    let lmaas_rss_mb = peak_rss_mb(lmaas.child.id());
+    drop(lmaas);
+
+    let started = Instant::now();
+    let baseline = Server {
+        name: "baseline",
+        url: format!("http://127.0.0.1:{baseline_port}"),
+        token: None,
+        child: Command::new(root.join(".lmaas/bench-venv/bin/uvicorn"))
+            .args(["server:app", "--app-dir", "bench/baseline", "--host", "127.0.0.1", "--log-level", "warning"])
+            .args(["--port", &baseline_port.to_string()])
+            .env("BASELINE_MODEL_DIR", root.join(".lmaas/samples/minilm"))
+            .current_dir(root)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect(".lmaas/bench-venv/bin/uvicorn (make bench installs it)"),
+    };
+    first_answer(&client, &baseline, started).await;
+    let baseline_ms = started.elapsed().as_secs_f64() * 1e3;
+    let baseline_rss_mb = peak_rss_mb(baseline.child.id());
+    drop(baseline);
+    ColdStarts { lmaas_ms, lmaas_rss_mb, baseline_ms, baseline_rss_mb, floor: floor().await }
+}
+
+/// Polls /v1/embeddings until the first success (connection refused while the process starts).
+async fn first_answer(client: &reqwest::Client, server: &Server, started: Instant) {
+    loop {
+        let mut request =
+            client.post(format!("{}/v1/embeddings", server.url)).json(&json!({"model": "minilm", "input": SENTENCE}));
+        if let Some(token) = &server.token {
+            request = request.bearer_auth(token);
+        }
+        if request.send().await.is_ok_and(|r| r.status().is_success()) {
+            return;
+        }
+        assert!(started.elapsed() < Duration::from_secs(120), "{} never answered", server.name);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// What no cold start can avoid: loading ONNX Runtime, downloading the version's files from S3
+/// and creating the session, each timed alone in this process.
+async fn floor() -> Floor {
+    let started = Instant::now();
+    lmaas_engine::Runtime::get().unwrap();
+    let runtime_ms = started.elapsed().as_secs_f64() * 1e3;
+    let sdk = lmaas_aws::sdk_config().await;
+    let store = std::sync::Arc::new(lmaas_aws::S3ModelStore::new(
+        lmaas_aws::config::s3_client(&sdk),
+        std::env::var("LMAAS_BUCKET").expect("the stack's environment"),
+    ));
+    let resolver = lmaas_core::ModelResolver::new(store.clone(), Duration::from_secs(60));
+    let manifest = resolver.resolve(&lmaas_core::ModelRef::parse("minilm").unwrap()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    for file in manifest.files.keys() {
+        lmaas_core::ModelStore::download(
+            store.as_ref(),
+            &manifest.name,
+            manifest.version,
+            file,
+            &dir.path().join(file),
+        )
+        .await
+        .unwrap();
+    }
+    let download_ms = started.elapsed().as_secs_f64() * 1e3;
+    let started = Instant::now();
+    let model = dir.path().join("model.onnx");
+    lmaas_engine::LoadedModel::load(&model, &lmaas_engine::ExecutionProviders::cpu(), 0).unwrap();
+    let session_ms = started.elapsed().as_secs_f64() * 1e3;
+    Floor { runtime_ms, download_ms, session_ms }
+}
+
+/// Two line charts side by side, as SVG: p50 latency and throughput against concurrency.
+fn plot(rows: &[(usize, f64, f64, f64, f64)]) -> String {
+    let (width, height, pad) = (420.0, 300.0, 50.0);
+    let mut svg = format!(
+        "<svg xmlns='http://www.w3.org/2000/svg' width='{}' height='{height}' font-family='sans-serif' font-size='12'>",
+        width * 2.0
+    );
+    let panels = [("p50 latency (ms), lower is better", 1, 2), ("requests/s, higher is better", 3, 4)];
+    for (panel, (title, ours, theirs)) in panels.into_iter().enumerate() {
+        let value = |row: &(usize, f64, f64, f64, f64), i: usize| [0.0, row.1, row.2, row.3, row.4][i];
+        let max = rows.iter().flat_map(|r| [value(r, ours), value(r, theirs)]).fold(0.0, f64::max) * 1.15;
+        let left = panel as f64 * width;
+        let x = |i: usize| left + pad + i as f64 * (width - 2.0 * pad) / (rows.len() - 1).max(1) as f64;
+        let y = |v: f64| height - pad - v / max * (height - 2.0 * pad);
+        svg += &format!("<text x='{}' y='20'>{title}</text>", left + pad);
+        svg += &format!(
+            "<line x1='{0}' y1='{1}' x2='{2}' y2='{1}' stroke='black'/><line x1='{0}' y1='{3}' x2='{0}' y2='{1}' stroke='black'/>",
+            left + pad, height - pad, left + width - pad, pad
+        );
+        for (i, row) in rows.iter().enumerate() {
+            svg +=
+                &format!("<text x='{}' y='{}' text-anchor='middle'>conc {}</text>", x(i), height - pad + 18.0, row.0);
+        }
+        svg += &format!(
+            "<text x='{}' y='{}' text-anchor='end'>{:.0}</text>",
+            left + pad - 4.0,
+            y(max / 1.15) + 4.0,
+            max / 1.15
+        );
+        for (series, color, label) in [(ours, "#d62728", "lmaas"), (theirs, "#1f77b4", "BASELINE")] {
+            let points: Vec<String> =
+                rows.iter().enumerate().map(|(i, r)| format!("{:.1},{:.1}", x(i), y(value(r, series)))).collect();
+            svg += &format!("<polyline fill='none' stroke='{color}' stroke-width='2' points='{}'/>", points.join(" "));
+            for (i, r) in rows.iter().enumerate() {
+                svg += &format!("<circle cx='{:.1}' cy='{:.1}' r='3' fill='{color}'/>", x(i), y(value(r, series)));
+            }
+            let legend_y = if series == ours { 40.0 } else { 56.0 };
+            svg += &format!("<text x='{}' y='{legend_y}' fill='{color}'>{label}</text>", left + width - pad - 60.0);
+        }
+    }
+    svg + "</svg>"
 }
 
 async fn wait_ready(client: &reqwest::Client, url: &str) {

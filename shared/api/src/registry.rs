@@ -307,9 +307,8 @@ impl Registry {
                 )),
                 Some(_) => {
                     let path = scratch.join(file);
-                    self.store.download(name, version, file, &path).await.map_err(|e| internal(e.0))?;
-                    if let Err(reason) = lmaas_engine::cache::verify_file(&path, file, entry.size, &entry.sha256).await
-                    {
+                    let digest = self.store.download(name, version, file, &path).await.map_err(|e| internal(e.0))?;
+                    if let Err(reason) = digest.check(file, entry.size, &entry.sha256) {
                         problems.push(reason);
                     }
                 }

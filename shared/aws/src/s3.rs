@@ -8,8 +8,10 @@ use async_trait::async_trait;
 use aws_sdk_s3::error::{DisplayErrorContext, SdkError};
 use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::Client;
+use lmaas_core::store::FileDigest;
 use lmaas_core::{AliasName, Manifest, ModelName, ModelStore, RegistryStore, StoreError, Version};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use crate::object::{get_json, put_json, Write};
 use tokio::io::AsyncWriteExt;
@@ -55,7 +57,13 @@ impl ModelStore for S3ModelStore {
         Ok(record.map(|(r, _)| r.version))
     }
 
-    async fn download(&self, name: &ModelName, version: Version, file: &str, dest: &Path) -> Result<(), StoreError> {
+    async fn download(
+        &self,
+        name: &ModelName,
+        version: Version,
+        file: &str,
+        dest: &Path,
+    ) -> Result<FileDigest, StoreError> {
         let key = Self::file_key(name, version, file);
         let failed = |what: String| StoreError(format!("downloading s3://{}/{key}: {what}", self.bucket));
         let object = self
@@ -66,14 +74,19 @@ impl ModelStore for S3ModelStore {
             .send()
             .await
             .map_err(|e| failed(DisplayErrorContext(&e).to_string()))?;
-        // Streamed chunk by chunk: models can be larger than the function's memory.
+        // Streamed chunk by chunk (models can be larger than the function's memory) and hashed on
+        // the way, so verifying costs no second read of the file.
         let mut body = object.body;
         let mut out = tokio::fs::File::create(dest).await.map_err(|e| failed(e.to_string()))?;
+        let (mut hasher, mut size) = (Sha256::new(), 0u64);
         while let Some(chunk) = body.try_next().await.map_err(|e| failed(e.to_string()))? {
+            hasher.update(&chunk);
+            size += chunk.len() as u64;
             out.write_all(&chunk).await.map_err(|e| failed(e.to_string()))?;
         }
         out.flush().await.map_err(|e| failed(e.to_string()))?;
-        out.sync_all().await.map_err(|e| failed(e.to_string()))
+        out.sync_all().await.map_err(|e| failed(e.to_string()))?;
+        Ok(FileDigest { size, sha256: hex::encode(hasher.finalize()) })
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -22,10 +22,37 @@ pub trait ModelStore: Send + Sync {
     async fn manifest(&self, name: &ModelName, version: Version) -> Result<Option<Manifest>, StoreError>;
     /// The version an alias points at, or `None` if there is no such alias.
     async fn alias(&self, name: &ModelName, alias: &AliasName) -> Result<Option<Version>, StoreError>;
-    /// Streams one file of a version to `dest` (which the caller then verifies and renames).
-    async fn download(&self, name: &ModelName, version: Version, file: &str, dest: &Path) -> Result<(), StoreError>;
+    /// Streams one file of a version to `dest`, hashing it on the way (the caller checks the
+    /// digest against the manifest, then renames the file into place).
+    async fn download(
+        &self,
+        name: &ModelName,
+        version: Version,
+        file: &str,
+        dest: &Path,
+    ) -> Result<FileDigest, StoreError>;
     /// Checks that the store answers at all (for readiness).
     async fn ping(&self) -> Result<(), StoreError>;
+}
+
+/// A file's size and sha256 (lowercase hex).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileDigest {
+    pub size: u64,
+    pub sha256: String,
+}
+
+impl FileDigest {
+    /// Checks the digest against what a manifest declares; the message names what differs.
+    pub fn check(&self, file: &str, size: u64, sha256: &str) -> Result<(), String> {
+        if self.size != size {
+            return Err(format!("{file} failed verification: {} bytes, the manifest says {size}", self.size));
+        }
+        if !self.sha256.eq_ignore_ascii_case(sha256) {
+            return Err(format!("{file} failed verification: sha256 {}, the manifest says {sha256}", self.sha256));
+        }
+        Ok(())
+    }
 }
 
 /// Write access for the registry: versions, aliases and direct uploads.
@@ -105,14 +132,22 @@ impl ModelStore for MemoryModelStore {
         Ok(self.inner.lock().expect("store lock").aliases.get(&(name.clone(), alias.as_str().to_string())).copied())
     }
 
-    async fn download(&self, name: &ModelName, version: Version, file: &str, dest: &Path) -> Result<(), StoreError> {
+    async fn download(
+        &self,
+        name: &ModelName,
+        version: Version,
+        file: &str,
+        dest: &Path,
+    ) -> Result<FileDigest, StoreError> {
         let contents = {
             let mut inner = self.inner.lock().expect("store lock");
             inner.downloads += 1;
             inner.files.get(&(name.clone(), version, file.to_string())).cloned()
         };
         let contents = contents.ok_or_else(|| StoreError(format!("no file {name}/{version}/{file}")))?;
-        std::fs::write(dest, &contents).map_err(|e| StoreError(format!("writing {}: {e}", dest.display())))
+        std::fs::write(dest, &contents).map_err(|e| StoreError(format!("writing {}: {e}", dest.display())))?;
+        let sha256 = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&contents));
+        Ok(FileDigest { size: contents.len() as u64, sha256 })
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use lmaas_core::store::FileDigest;
 use lmaas_core::{Error, Manifest, ModelStore};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
@@ -181,7 +182,7 @@ impl ModelCache {
             let partial = folder.join(format!(".{file}.{}.{}.part", std::process::id(), unique()));
             let downloaded = self.store.download(&manifest.name, manifest.version, file, &partial).await;
             let verified = match downloaded {
-                Ok(()) => verify(&partial, file, entry.size, &entry.sha256).await,
+                Ok(digest) => digest.check(file, entry.size, &entry.sha256).map_err(FetchError::user),
                 Err(e) => Err(internal(format!("downloading {file}: {e}"))),
             };
             if let Err(e) = verified {
@@ -223,44 +224,21 @@ impl FetchError {
     }
 }
 
-/// Checks a file's size and sha256 against what its manifest declares; the message says what
-/// differs (the registry's commit uses the same check as the cache).
 /// A file's size and sha256 (hex), read in 1 MiB pieces.
-pub async fn file_digest(path: &Path) -> std::io::Result<(u64, String)> {
+pub async fn file_digest(path: &Path) -> std::io::Result<FileDigest> {
     let mut file = tokio::fs::File::open(path).await?;
     let mut hasher = Sha256::new();
     let mut buffer = vec![0u8; 1 << 20];
-    let mut total = 0u64;
+    let mut size = 0u64;
     loop {
         let n = file.read(&mut buffer).await?;
         if n == 0 {
             break;
         }
-        total += n as u64;
+        size += n as u64;
         hasher.update(&buffer[..n]);
     }
-    Ok((total, hex::encode(hasher.finalize())))
-}
-
-pub async fn verify_file(path: &Path, name: &str, size: u64, sha256: &str) -> Result<(), String> {
-    verify(path, name, size, sha256).await.map_err(|e| e.reason)
-}
-
-async fn verify(path: &Path, name: &str, size: u64, sha256: &str) -> Result<(), FetchError> {
-    let io = |e: std::io::Error| FetchError {
-        reason: "the local disk failed".into(),
-        detail: format!("reading the download: {e}"),
-    };
-    let (total, actual) = file_digest(path).await.map_err(io)?;
-    if total != size {
-        return Err(FetchError::user(format!("{name} failed verification: {total} bytes, the manifest says {size}")));
-    }
-    if !actual.eq_ignore_ascii_case(sha256) {
-        return Err(FetchError::user(format!(
-            "{name} failed verification: sha256 {actual}, the manifest says {sha256}"
-        )));
-    }
-    Ok(())
+    Ok(FileDigest { size, sha256: hex::encode(hasher.finalize()) })
 }
 
 fn unique() -> u64 {

@@ -54,10 +54,10 @@ pub async fn register(store: &dyn RegistryStore, new: NewVersion) -> Result<Mani
     }
     let mut files = BTreeMap::new();
     for file in &new.files {
-        let (size, sha256) = lmaas_engine::cache::file_digest(&new.dir.join(file))
+        let digest = lmaas_engine::cache::file_digest(&new.dir.join(file))
             .await
             .map_err(|e| format!("reading the new {file}: {e}"))?;
-        files.insert(file.clone(), FileEntry { sha256, size });
+        files.insert(file.clone(), FileEntry { sha256: digest.sha256, size: digest.size });
     }
     let mut config = new.config.clone();
     if !config.is_object() {
@@ -139,8 +139,8 @@ pub async fn download(store: &dyn RegistryStore, manifest: &Manifest, dir: &Path
     tokio::fs::create_dir_all(dir).await.map_err(|e| format!("creating {}: {e}", dir.display()))?;
     for (file, entry) in &manifest.files {
         let path = dir.join(file);
-        store.download(&manifest.name, manifest.version, file, &path).await.map_err(|e| e.to_string())?;
-        lmaas_engine::cache::verify_file(&path, file, entry.size, &entry.sha256).await?;
+        let digest = store.download(&manifest.name, manifest.version, file, &path).await.map_err(|e| e.to_string())?;
+        digest.check(file, entry.size, &entry.sha256)?;
     }
     Ok(())
 }
