@@ -4,10 +4,10 @@
 //! file, the same request (`POST /v1/embeddings`, one sentence), the same intra-op threads, at
 //! concurrency 1, 4 and 16. The load generator shares the machine's cores with both servers.
 //! Also P3, cold start: process start → first embeddings answer with an empty model cache (the
-//! model in S3 on the emulator), against the floor (loading ONNX Runtime + downloading the files
-//! + creating the session, measured alone in this process) and against the baseline's cold start
-//! (which reads the model from local disk); and P5, peak RSS (VmHWM) of both servers with the
-//! model loaded and after the load. Writes `.lmaas/bench/http.svg` (p50 and throughput).
+//! model in S3 on the emulator), against the floor (loading ONNX Runtime, downloading the files
+//! and creating the session, each measured alone in this process) and against the baseline's
+//! cold start (which reads the model from local disk); and P5, peak RSS (VmHWM) of both servers
+//! with the model loaded and after the load. Writes `.lmaas/bench/http.svg` (p50, throughput).
 //!
 //! Run: `make bench` (or `infra/local/bench.sh http`), which starts the stack, builds the release
 //! `infer` and installs the baseline's pinned packages into .lmaas/bench-venv.

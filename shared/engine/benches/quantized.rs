@@ -66,7 +66,7 @@ fn main() {
     for (column, batch) in [1usize, 32].into_iter().enumerate() {
         let texts: Vec<String> =
             (0..batch).map(|i| calibration.evaluation[i % calibration.evaluation.len()].clone()).collect();
-        let (tokens, ..) = loaded[0].token_tensors(&EmbeddingInput::Texts(texts), 256).unwrap();
+        let tokens = loaded[0].token_tensors(&EmbeddingInput::Texts(texts), 256).unwrap().tensors;
         let mut times = vec![Vec::new(); models.len()];
         for round in 0..ROUNDS[column] + 3 {
             for (i, model) in loaded.iter().enumerate() {
@@ -84,7 +84,10 @@ fn main() {
     }
 
     let ort = 1; // the row the ratios are against
-    println!("MiniLM-L6 quantized, side by side (p50 of session.run on tokens, 2 threads; x = / onnxruntime int8)");
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!(
+        "MiniLM-L6 quantized, side by side (p50 of session.run on tokens, {threads} threads; x = / onnxruntime int8)"
+    );
     println!(
         "{:<20} {:>9} {:>10} {:>10} {:>11} {:>7} {:>12} {:>7}",
         "model", "size MB", "cos mean", "cos min", "b1 p50 ms", "b1 x", "b32 p50 ms", "b32 x"

@@ -66,6 +66,19 @@ pub enum EmbeddingInput {
     Tokens(Vec<Vec<u32>>),
 }
 
+/// A batch of inputs as the model's token tensors.
+#[derive(Debug, Clone)]
+pub struct TokenBatch {
+    /// `input_ids`, `attention_mask`, `token_type_ids`: what the model's signature asks for.
+    pub tensors: Vec<Tensor>,
+    /// `[batch, seq]`: 1 for real tokens, 0 for padding.
+    pub mask: Vec<i64>,
+    pub batch: usize,
+    pub seq: usize,
+    /// Real tokens in the batch.
+    pub tokens: usize,
+}
+
 /// Embeddings in input order, and how many tokens they took.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Embeddings {
@@ -101,7 +114,7 @@ impl LoadedModel {
                 )));
             }
         }
-        let (tensors, mask, batch, seq, _) = self.token_tensors(input, config.max_tokens)?;
+        let TokenBatch { tensors, mask, batch, seq, .. } = self.token_tensors(input, config.max_tokens)?;
         let (_, outputs) = self.signature().map_err(EngineError::Internal)?;
         let output = match &config.output {
             Some(name) => name.clone(),
@@ -133,13 +146,8 @@ impl LoadedModel {
         Ok((vectors, tokens))
     }
 
-    /// The model's token inputs for `input`, padded to the longest row: `(tensors, attention
-    /// mask, batch, sequence length, real tokens)`.
-    pub fn token_tensors(
-        &self,
-        input: &EmbeddingInput,
-        max_tokens: usize,
-    ) -> Result<(Vec<Tensor>, Vec<i64>, usize, usize, usize), EngineError> {
+    /// The model's token inputs for `input`, padded to the longest row.
+    pub fn token_tensors(&self, input: &EmbeddingInput, max_tokens: usize) -> Result<TokenBatch, EngineError> {
         let rows = self.token_rows(input, max_tokens)?;
         let (batch, seq) = (rows.len(), rows.iter().map(|r| r.0.len()).max().unwrap_or(0));
         let mut ids = vec![self.pad_id() as i64; batch * seq];
@@ -176,7 +184,7 @@ impl LoadedModel {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        Ok((tensors, mask, batch, seq, prompt_tokens))
+        Ok(TokenBatch { tensors, mask, batch, seq, tokens: prompt_tokens })
     }
 
     /// Token ids per text, truncated to `max_tokens`: what batch jobs measure their batches by

@@ -245,7 +245,7 @@ pub fn quantize_model(
     progress: &mut dyn FnMut(usize, usize, &str) -> bool,
 ) -> Result<QualityReport, EngineError> {
     let source_dir = source_file.parent().unwrap_or(Path::new("."));
-    let source_bytes = std::fs::read(&source_file).map_err(|e| EngineError::Internal(format!("reading model: {e}")))?;
+    let source_bytes = std::fs::read(source_file).map_err(|e| EngineError::Internal(format!("reading model: {e}")))?;
     let source_size = source_bytes.len() as u64;
     let model = lmaas_onnx::decode(Bytes::from(source_bytes)).map_err(|e| EngineError::Run(e.to_string()))?;
     let source = LoadedModel::load(source_file, &ExecutionProviders::cpu(), source_size)?;
@@ -536,7 +536,7 @@ fn activation_stats(
     drop(probe);
     let mut stats: HashMap<String, (ChannelStats, usize)> = HashMap::new();
     for sentence in sentences {
-        let (tensors, ..) = loaded.token_tensors(&EmbeddingInput::Texts(vec![sentence.clone()]), 256)?;
+        let tensors = loaded.token_tensors(&EmbeddingInput::Texts(vec![sentence.clone()]), 256)?.tensors;
         for (name, tensor) in names.iter().zip(loaded.run(&tensors, &names)?) {
             let channels = *tensor.shape.last().unwrap_or(&1);
             let values = tensor_floats(&tensor);

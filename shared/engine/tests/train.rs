@@ -102,7 +102,7 @@ fn a_head_appended_to_minilm_matches_the_head_on_its_embeddings() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::copy(minilm.join("tokenizer.json"), dir.path().join("tokenizer.json")).unwrap();
     let model = load(&merged, dir.path());
-    let (tokens, ..) = model.token_tensors(&EmbeddingInput::Texts(texts.clone()), 256).unwrap();
+    let tokens = model.token_tensors(&EmbeddingInput::Texts(texts.clone()), 256).unwrap().tensors;
     let from_tokens = floats(&model.run(&tokens, &["probabilities".into()]).unwrap()[0]);
     for (i, embedding) in embeddings.iter().enumerate() {
         let expected = apply(&head, embedding);

@@ -105,8 +105,8 @@ async fn claim_next_version(
     files: &BTreeMap<String, FileEntry>,
     config: &Value,
 ) -> Result<Manifest, String> {
-    let mut number = last.map_or(1, |v| v.get() + 1);
-    for _ in 0..16 {
+    let first = last.map_or(1, |v| v.get() + 1);
+    for number in first..first + 16 {
         let version = Version::new(number).map_err(|e| e.to_string())?;
         let mut manifest = Manifest::ready(name.clone(), version, new.task, files.clone(), vec![], vec![]);
         manifest.state = ModelState::Pending;
@@ -117,7 +117,6 @@ async fn claim_next_version(
         if store.put_manifest(&manifest, true).await.map_err(|e| e.to_string())? {
             return Ok(manifest);
         }
-        number += 1;
     }
     Err(format!("could not claim a new version of '{name}': too many concurrent writers"))
 }
