@@ -273,19 +273,17 @@ impl JobRunner {
             tags: vec![tag],
             job: job.id.clone(),
         };
-        let manifest = register(self.registry.as_ref(), new).await.map_err(Stop::Transient)?;
-        self.resolver.forget(&manifest.name);
-        let output_prefix = self.key_in_bucket(&job.output, "output")?;
-        let summary = json!({
-            "job_id": job.id,
-            "type": job.job_type,
-            "source": format!("{}:{}", source.name, source.version),
-            "model": format!("{}:{}", manifest.name, manifest.version),
-            "report": report,
-            "finished_at": lmaas_core::time::now_rfc3339_millis(),
-        });
-        self.objects.put_json(&format!("{output_prefix}report.json"), &summary).await.map_err(transient)?;
-        Ok(summary)
+        self.publish(job, new, |manifest| {
+            json!({
+                "job_id": job.id,
+                "type": job.job_type,
+                "source": format!("{}:{}", source.name, source.version),
+                "model": format!("{}:{}", manifest.name, manifest.version),
+                "report": report,
+                "finished_at": lmaas_core::time::now_rfc3339_millis(),
+            })
+        })
+        .await
     }
 
     /// A job may publish only into a model its tenant owns (or a new name).
@@ -471,19 +469,33 @@ impl JobRunner {
             tags,
             job: job.id.clone(),
         };
+        self.publish(job, new, |manifest| {
+            json!({
+                "job_id": job.id,
+                "type": job.job_type,
+                "model": format!("{}:{}", manifest.name, manifest.version),
+                "base": base_name,
+                "train_accuracy": report["train_accuracy"],
+                "validation_accuracy": report["validation_accuracy"],
+                "best_epoch": report["best_epoch"],
+                "finished_at": lmaas_core::time::now_rfc3339_millis(),
+            })
+        })
+        .await
+    }
+
+    /// Publishes `new` (see `register`), then writes the job's summary to `{output}report.json`
+    /// and returns it.
+    async fn publish(
+        &self,
+        job: &Job,
+        new: NewVersion,
+        summary: impl FnOnce(&Manifest) -> Value,
+    ) -> Result<Value, Stop> {
         let manifest = register(self.registry.as_ref(), new).await.map_err(Stop::Transient)?;
         self.resolver.forget(&manifest.name);
+        let summary = summary(&manifest);
         let output_prefix = self.key_in_bucket(&job.output, "output")?;
-        let summary = json!({
-            "job_id": job.id,
-            "type": job.job_type,
-            "model": format!("{}:{}", manifest.name, manifest.version),
-            "base": base_name,
-            "train_accuracy": report["train_accuracy"],
-            "validation_accuracy": report["validation_accuracy"],
-            "best_epoch": report["best_epoch"],
-            "finished_at": lmaas_core::time::now_rfc3339_millis(),
-        });
         self.objects.put_json(&format!("{output_prefix}report.json"), &summary).await.map_err(transient)?;
         Ok(summary)
     }
