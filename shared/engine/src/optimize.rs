@@ -109,14 +109,11 @@ const SMOOTHING_STRENGTHS: [Option<f32>; 5] = [None, Some(0.5), Some(0.6), Some(
 impl QuantizeRequest {
     /// The defaults that meet the quality targets on MiniLM (see README, "Quantization").
     pub fn new(scheme: Scheme) -> Self {
-        let keep_most_sensitive = match scheme {
-            Scheme::Int8 => 0,
-            Scheme::Int4 { .. } => 0,
-        };
         QuantizeRequest {
             scheme,
             keep_float: BTreeSet::new(),
-            keep_most_sensitive,
+            // Sensitivity costs one quantize-and-evaluate per candidate: only when asked.
+            keep_most_sensitive: 0,
             // On MiniLM, outlier channels alone beat SmoothQuant at every strength (README).
             smoothing: Smoothing::Off,
             outlier_channels: 8,
