@@ -43,32 +43,8 @@ fn main() {
     let port = |offset: u16| 20_000 + (std::process::id() % 20_000) as u16 + offset;
     let model_bytes = std::fs::metadata(root.join(".lmaas/samples/minilm/model.onnx")).unwrap().len();
     let cold = runtime.block_on(cold_starts(&root, port(2), port(3)));
-    let lmaas = Server {
-        name: "lmaas",
-        url: format!("http://127.0.0.1:{}", port(0)),
-        token: Some(std::env::var("LMAAS_TOKEN").expect("the stack's environment (run make bench)")),
-        child: Command::new(root.join("target/release/infer"))
-            .env("LMAAS_HTTP_ADDR", format!("127.0.0.1:{}", port(0)))
-            .env("LMAAS_PRELOAD", "minilm")
-            .env("LMAAS_METRICS_ADDR", "")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("target/release/infer (make bench builds it)"),
-    };
-    let baseline = Server {
-        name: "baseline",
-        url: format!("http://127.0.0.1:{}", port(1)),
-        token: None,
-        child: Command::new(root.join(".lmaas/bench-venv/bin/uvicorn"))
-            .args(["server:app", "--app-dir", "bench/baseline", "--host", "127.0.0.1", "--log-level", "warning"])
-            .args(["--port", &port(1).to_string()])
-            .env("BASELINE_MODEL_DIR", root.join(".lmaas/samples/minilm"))
-            .current_dir(&root)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect(".lmaas/bench-venv/bin/uvicorn (make bench installs it)"),
-    };
+    let lmaas = start_lmaas(&root, port(0), &[("LMAAS_PRELOAD", "minilm")]);
+    let baseline = start_baseline(&root, port(1));
     runtime.block_on(async {
         let client = reqwest::Client::builder().pool_max_idle_per_host(64).build().unwrap();
         wait_ready(&client, &format!("{}/v2/health/ready", lmaas.url)).await;
@@ -156,44 +132,50 @@ async fn cold_starts(root: &std::path::Path, lmaas_port: u16, baseline_port: u16
     let client = reqwest::Client::new();
     let cache = tempfile::tempdir().unwrap();
     let started = Instant::now();
-    let lmaas = Server {
-        name: "lmaas",
-        url: format!("http://127.0.0.1:{lmaas_port}"),
-        token: Some(std::env::var("LMAAS_TOKEN").expect("the stack's environment (run make bench)")),
-        child: Command::new(root.join("target/release/infer"))
-            .env("LMAAS_HTTP_ADDR", format!("127.0.0.1:{lmaas_port}"))
-            .env("LMAAS_MODEL_CACHE_DIR", cache.path())
-            .env("LMAAS_PRELOAD", "")
-            .env("LMAAS_METRICS_ADDR", "")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("target/release/infer (make bench builds it)"),
-    };
+    let cache_dir = cache.path().display().to_string();
+    let lmaas = start_lmaas(root, lmaas_port, &[("LMAAS_MODEL_CACHE_DIR", &cache_dir), ("LMAAS_PRELOAD", "")]);
     first_answer(&client, &lmaas, started).await;
     let lmaas_ms = started.elapsed().as_secs_f64() * 1e3;
     let lmaas_rss_mb = peak_rss_mb(lmaas.child.id());
     drop(lmaas);
 
     let started = Instant::now();
-    let baseline = Server {
-        name: "baseline",
-        url: format!("http://127.0.0.1:{baseline_port}"),
-        token: None,
-        child: Command::new(root.join(".lmaas/bench-venv/bin/uvicorn"))
-            .args(["server:app", "--app-dir", "bench/baseline", "--host", "127.0.0.1", "--log-level", "warning"])
-            .args(["--port", &baseline_port.to_string()])
-            .env("BASELINE_MODEL_DIR", root.join(".lmaas/samples/minilm"))
-            .current_dir(root)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect(".lmaas/bench-venv/bin/uvicorn (make bench installs it)"),
-    };
+    let baseline = start_baseline(root, baseline_port);
     first_answer(&client, &baseline, started).await;
     let baseline_ms = started.elapsed().as_secs_f64() * 1e3;
     let baseline_rss_mb = peak_rss_mb(baseline.child.id());
     drop(baseline);
     ColdStarts { lmaas_ms, lmaas_rss_mb, baseline_ms, baseline_rss_mb, floor: floor().await }
+}
+
+/// The release `infer` binary in HTTP mode on `port`, with `env` added.
+fn start_lmaas(root: &std::path::Path, port: u16, env: &[(&str, &str)]) -> Server {
+    let mut command = Command::new(root.join("target/release/infer"));
+    command
+        .env("LMAAS_HTTP_ADDR", format!("127.0.0.1:{port}"))
+        .env("LMAAS_METRICS_ADDR", "")
+        .env("RUST_LOG", "warn")
+        .envs(env.iter().copied())
+        .stdout(Stdio::null());
+    Server {
+        name: "lmaas",
+        url: format!("http://127.0.0.1:{port}"),
+        token: Some(std::env::var("LMAAS_TOKEN").expect("the stack's environment (run make bench)")),
+        child: command.spawn().expect("target/release/infer (make bench builds it)"),
+    }
+}
+
+/// The BASELINE (uvicorn + FastAPI + Python ORT) on `port`, reading MiniLM from local disk.
+fn start_baseline(root: &std::path::Path, port: u16) -> Server {
+    let child = Command::new(root.join(".lmaas/bench-venv/bin/uvicorn"))
+        .args(["server:app", "--app-dir", "bench/baseline", "--host", "127.0.0.1", "--log-level", "warning"])
+        .args(["--port", &port.to_string()])
+        .env("BASELINE_MODEL_DIR", root.join(".lmaas/samples/minilm"))
+        .current_dir(root)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect(".lmaas/bench-venv/bin/uvicorn (make bench installs it)");
+    Server { name: "baseline", url: format!("http://127.0.0.1:{port}"), token: None, child }
 }
 
 /// Polls /v1/embeddings until the first success (connection refused while the process starts).

@@ -123,24 +123,14 @@ impl LoadedModel {
         }
         let first = &batch[0];
         let merged = match &first.input {
-            EmbeddingInput::Texts(_) => EmbeddingInput::Texts(
-                batch
-                    .iter()
-                    .flat_map(|p| match &p.input {
-                        EmbeddingInput::Texts(t) => t.clone(),
-                        EmbeddingInput::Tokens(_) => unreachable!("take_batch groups by kind"),
-                    })
-                    .collect(),
-            ),
-            EmbeddingInput::Tokens(_) => EmbeddingInput::Tokens(
-                batch
-                    .iter()
-                    .flat_map(|p| match &p.input {
-                        EmbeddingInput::Tokens(t) => t.clone(),
-                        EmbeddingInput::Texts(_) => unreachable!("take_batch groups by kind"),
-                    })
-                    .collect(),
-            ),
+            EmbeddingInput::Texts(_) => EmbeddingInput::Texts(rows_of(&batch, |input| match input {
+                EmbeddingInput::Texts(texts) => texts,
+                EmbeddingInput::Tokens(_) => unreachable!("take_batch groups by kind"),
+            })),
+            EmbeddingInput::Tokens(_) => EmbeddingInput::Tokens(rows_of(&batch, |input| match input {
+                EmbeddingInput::Tokens(tokens) => tokens,
+                EmbeddingInput::Texts(_) => unreachable!("take_batch groups by kind"),
+            })),
         };
         match self.embed_rows(&merged, &first.config, first.dimensions) {
             Ok((vectors, tokens)) => {
@@ -161,6 +151,11 @@ impl LoadedModel {
             Err(_) => batch.iter().map(|p| (p.id, self.embed(&p.input, &p.config, p.dimensions))).collect(),
         }
     }
+}
+
+/// Every request's rows, in order, as one list (`rows` picks them out of a request's input).
+fn rows_of<T: Clone>(batch: &[Pending], rows: impl Fn(&EmbeddingInput) -> &Vec<T>) -> Vec<T> {
+    batch.iter().flat_map(|p| rows(&p.input).iter().cloned()).collect()
 }
 
 /// The oldest request and every later compatible one that fits, in arrival order; the rest
