@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Builds the sample models into .lmaas/samples/{mlp,dtypes,minilm} with the committed scripts
-# (deterministic, so the committed fixtures stay valid). Skips models that are already built.
+# Builds the sample models into .lmaas/samples/{mlp,dtypes,minilm,smollm2} with the committed
+# scripts (deterministic, so the committed fixtures stay valid). Skips models that are already built.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 python="$root/.lmaas/venv/bin/python"
 out="$root/.lmaas/samples"
-for model in mlp dtypes minilm; do
+for model in mlp dtypes minilm smollm2; do
   if [ ! -f "$out/$model/model.onnx" ]; then
     echo "[samples] building $model" >&2
     mkdir -p "$out/$model"

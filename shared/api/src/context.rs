@@ -12,6 +12,7 @@ use lmaas_core::metrics as metric;
 use lmaas_core::{Error, Principal};
 use tracing::Instrument;
 
+use crate::reply::ReplyBody;
 use crate::response::error_response;
 use crate::routes::Route;
 
@@ -37,10 +38,12 @@ impl Call {
 }
 
 /// Runs `handler` for `request` with routing, authentication and error mapping around it.
-pub async fn serve<F, Fut>(authenticator: &Authenticator, request: Request<Bytes>, handler: F) -> Response<Bytes>
+/// Handlers answer with whole bodies (`Bytes`) or possibly streamed ones (`Reply`).
+pub async fn serve<B, F, Fut>(authenticator: &Authenticator, request: Request<Bytes>, handler: F) -> Response<B>
 where
+    B: ReplyBody,
     F: FnOnce(Call) -> Fut,
-    Fut: Future<Output = Result<Response<Bytes>, Error>>,
+    Fut: Future<Output = Result<Response<B>, Error>>,
 {
     let request_id = request_id(&request);
     let trace_id = trace_id(&request);
@@ -72,7 +75,7 @@ where
             handler(Call { route, principal, request, trace_id }).await
         }
         .await;
-        result.unwrap_or_else(|e| error_response(&path, e))
+        result.unwrap_or_else(|e| error_response(&path, e).map(B::from))
     }
     .instrument(span)
     .await;
@@ -83,7 +86,9 @@ where
     let labels = [("route", route_name.to_string()), ("status", status)];
     metrics::histogram!(metric::REQUEST_DURATION, &labels).record(started.elapsed().as_secs_f64());
     metrics::histogram!(metric::REQUEST_BYTES, "route" => route_name).record(request_bytes as f64);
-    metrics::histogram!(metric::RESPONSE_BYTES, "route" => route_name).record(response.body().len() as f64);
+    if let Some(length) = response.body().known_len() {
+        metrics::histogram!(metric::RESPONSE_BYTES, "route" => route_name).record(length as f64);
+    }
     response
 }
 

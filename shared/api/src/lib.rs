@@ -3,6 +3,7 @@
 //! `server` serves them over HTTP outside it; benchmarks and tests call them in process.
 
 pub mod auth;
+pub mod chat;
 pub mod authorizer;
 pub mod config;
 pub mod context;
@@ -14,12 +15,14 @@ pub mod jobs;
 pub mod lambda;
 pub mod models;
 pub mod registry;
+pub mod reply;
 pub mod response;
 pub mod routes;
 pub mod server;
 pub mod telemetry;
 
 pub use config::{AuthConfig, ConfigError, InferConfig, IngestConfig, JobsConfig, ModelsConfig, WorkerConfig};
+pub use chat::ChatService;
 pub use infer::InferService;
 pub use ingest::IngestService;
 pub use jobs::JobsService;

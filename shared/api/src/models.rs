@@ -74,7 +74,7 @@ impl ModelsService {
                     &json!({"name": manifest.name, "version": manifest.version.to_string(), "ready": true}),
                 ))
             }
-            Route::Infer(_) | Route::Embeddings | Route::HealthReady => {
+            Route::Infer(_) | Route::Embeddings | Route::ChatCompletions | Route::Completions | Route::HealthReady => {
                 Err(Error::not_found("inference and readiness are served by the infer function"))
             }
             Route::SubmitJob | Route::ListJobs | Route::GetJob(_) | Route::CancelJob(_) => {

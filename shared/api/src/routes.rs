@@ -27,6 +27,10 @@ pub enum Route {
     Embeddings,
     /// `GET /v1/models` (OpenAI): the models the caller may use.
     ListModels,
+    /// `POST /v1/chat/completions` (OpenAI).
+    ChatCompletions,
+    /// `POST /v1/completions` (OpenAI, legacy text completions).
+    Completions,
     SubmitJob,
     ListJobs,
     GetJob(JobId),
@@ -43,6 +47,8 @@ impl Route {
             ["v2", "health", "ready"] => (Route::HealthReady, Method::GET),
             ["v1", "embeddings"] => (Route::Embeddings, Method::POST),
             ["v1", "models"] => (Route::ListModels, Method::GET),
+            ["v1", "chat", "completions"] => (Route::ChatCompletions, Method::POST),
+            ["v1", "completions"] => (Route::Completions, Method::POST),
             ["v1", "jobs"] if *method == Method::POST => (Route::SubmitJob, Method::POST),
             ["v1", "jobs"] => (Route::ListJobs, Method::GET),
             ["v1", "jobs", id] => (Route::GetJob(JobId::parse(id)?), Method::GET),
@@ -88,6 +94,8 @@ impl Route {
             Route::PutAlias(..) => "/v1/models/{model}/aliases/{alias}",
             Route::Embeddings => "/v1/embeddings",
             Route::ListModels => "/v1/models",
+            Route::ChatCompletions => "/v1/chat/completions",
+            Route::Completions => "/v1/completions",
             Route::SubmitJob | Route::ListJobs => "/v1/jobs",
             Route::GetJob(_) => "/v1/jobs/{id}",
             Route::CancelJob(_) => "/v1/jobs/{id}/cancel",
@@ -99,7 +107,7 @@ impl Route {
         match self {
             Route::ServerMetadata | Route::HealthLive | Route::HealthReady => None,
             Route::ModelMetadata(_) | Route::ModelReady(_) => Some(Scope::ModelsRead),
-            Route::Infer(_) | Route::Embeddings => Some(Scope::Infer),
+            Route::Infer(_) | Route::Embeddings | Route::ChatCompletions | Route::Completions => Some(Scope::Infer),
             Route::ListModels => Some(Scope::ModelsRead),
             Route::SubmitJob | Route::CancelJob(_) => Some(Scope::JobsWrite),
             Route::ListJobs | Route::GetJob(_) => Some(Scope::JobsRead),
@@ -113,7 +121,7 @@ impl Route {
     /// What the route does with its model, for the model's ACL.
     pub fn access(&self) -> Access {
         match self {
-            Route::Infer(_) | Route::Embeddings => Access::Invoke,
+            Route::Infer(_) | Route::Embeddings | Route::ChatCompletions | Route::Completions => Access::Invoke,
             _ => Access::Read,
         }
     }

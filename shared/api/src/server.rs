@@ -14,9 +14,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+
+use crate::reply::Reply;
 
 /// Largest request body the server reads (API Gateway's own limit is lower: 10 MB).
 const MAX_BODY_BYTES: usize = 64 << 20;
@@ -28,15 +30,36 @@ where
     F: Fn(Request<Bytes>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Response<Bytes>> + Send + 'static,
 {
+    match http_addr(function)? {
+        None => crate::lambda::serve(handler).await,
+        Some(addr) => serve(addr, function, handler).await.map_err(Into::into),
+    }
+}
+
+/// Like `run`, for a handler whose answers may stream (server-sent events): in Lambda through
+/// response streaming, over HTTP as a chunked body.
+pub async fn run_streaming<F, Fut>(function: &'static str, handler: F) -> Result<(), lambda_http::Error>
+where
+    F: Fn(Request<Bytes>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response<Reply>> + Send + 'static,
+{
+    match http_addr(function)? {
+        None => crate::lambda::serve_streaming(handler).await,
+        Some(addr) => serve_body(addr, function, handler).await.map_err(Into::into),
+    }
+}
+
+/// `LMAAS_HTTP_ADDR`, and the Prometheus endpoint that comes with the HTTP mode.
+fn http_addr(function: &'static str) -> Result<Option<SocketAddr>, String> {
     let Some(raw) = std::env::var("LMAAS_HTTP_ADDR").ok().filter(|a| !a.is_empty()) else {
-        return crate::lambda::serve(handler).await;
+        return Ok(None);
     };
     let addr: SocketAddr = raw.parse().map_err(|_| format!("LMAAS_HTTP_ADDR='{raw}' is not host:port"))?;
     if let Some(metrics) = std::env::var("LMAAS_METRICS_ADDR").ok().filter(|a| !a.is_empty()) {
         let metrics = metrics.parse().map_err(|_| format!("LMAAS_METRICS_ADDR='{metrics}' is not host:port"))?;
         crate::telemetry::serve_prometheus(metrics, function)?;
     }
-    serve(addr, function, handler).await.map_err(Into::into)
+    Ok(Some(addr))
 }
 
 /// Serves `handler` over HTTP/1.1 on `addr` until SIGTERM or SIGINT.
@@ -44,6 +67,19 @@ pub async fn serve<F, Fut>(addr: SocketAddr, function: &'static str, handler: F)
 where
     F: Fn(Request<Bytes>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Response<Bytes>> + Send + 'static,
+{
+    serve_body(addr, function, move |request| {
+        let response = handler(request);
+        async move { response.await.map(Reply::from) }
+    })
+    .await
+}
+
+/// Serves a handler with any `Reply` body over HTTP/1.1 on `addr` until SIGTERM or SIGINT.
+pub async fn serve_body<F, Fut>(addr: SocketAddr, function: &'static str, handler: F) -> Result<(), String>
+where
+    F: Fn(Request<Bytes>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response<Reply>> + Send + 'static,
 {
     use tokio::signal::unix::{signal, SignalKind};
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("binding {addr}: {e}"))?;
@@ -88,10 +124,10 @@ where
     Ok(())
 }
 
-async fn answer<F, Fut>(handler: &F, request: Request<Incoming>) -> Response<Full<Bytes>>
+async fn answer<F, Fut>(handler: &F, request: Request<Incoming>) -> Response<Reply>
 where
     F: Fn(Request<Bytes>) -> Fut,
-    Fut: Future<Output = Response<Bytes>>,
+    Fut: Future<Output = Response<Reply>>,
 {
     let (parts, body) = request.into_parts();
     let path = parts.uri.path().to_string();
@@ -104,8 +140,8 @@ where
                 lmaas_core::Error::bad_request(format!("reading the request body failed: {e}"))
             };
             let response = crate::response::error_response(&path, error);
-            return response.map(Full::new);
+            return response.map(Reply::from);
         }
     };
-    handler(Request::from_parts(parts, body)).await.map(Full::new)
+    handler(Request::from_parts(parts, body)).await
 }

@@ -23,6 +23,8 @@ pub enum ModelState {
 pub enum Task {
     Tensor,
     Embeddings,
+    /// A decoder that generates text (`/v1/chat/completions`, `/v1/completions`, `batch_chat`).
+    Generation,
 }
 
 /// A file of a version, as declared and verified at commit.

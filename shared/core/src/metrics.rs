@@ -54,6 +54,8 @@ pub const JOB_RUN_DURATION: &str = "lmaas_job_run_duration_seconds";
 pub const QUEUE_LAG: &str = "lmaas_queue_lag_seconds";
 pub const DLQ_DEPTH: &str = "lmaas_dlq_messages";
 pub const JOBS_RUNNING: &str = "lmaas_worker_jobs_running";
+pub const ACTIVE_SEQUENCES: &str = "lmaas_generation_active_sequences";
+pub const GENERATED_TOKENS: &str = "lmaas_generated_tokens_total";
 
 /// Every metric, with its kind, unit and help text (exporters describe them all at start).
 pub const ALL: &[MetricDef] = &[
@@ -73,6 +75,8 @@ pub const ALL: &[MetricDef] = &[
     def(QUEUE_LAG, Kind::Gauge, Unit::Seconds, "Age of the last jobs message when a worker took it."),
     def(DLQ_DEPTH, Kind::Gauge, Unit::Count, "Messages in the jobs dead-letter queue (approximate)."),
     def(JOBS_RUNNING, Kind::Gauge, Unit::Count, "Jobs this worker daemon is running now."),
+    def(ACTIVE_SEQUENCES, Kind::Gauge, Unit::Count, "Text generations running now, by model and version."),
+    def(GENERATED_TOKENS, Kind::Counter, Unit::Count, "Tokens generated, by model and finish reason."),
 ];
 
 const fn def(name: &'static str, kind: Kind, unit: Unit, help: &'static str) -> MetricDef {

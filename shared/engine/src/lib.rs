@@ -5,15 +5,18 @@ pub mod batcher;
 pub mod cache;
 pub mod embeddings;
 pub mod error;
+pub mod generate;
 pub mod model;
 pub mod optimize;
 pub mod providers;
+mod rng;
 pub mod runtime;
 pub mod train;
 
 pub use cache::{CacheConfig, ModelCache};
 pub use embeddings::{EmbeddingConfig, EmbeddingInput, Embeddings};
 pub use error::EngineError;
+pub use generate::{ChatMessage, FinishReason, GenerateParams, Generated, GenerationConfig, Sampling};
 pub use model::LoadedModel;
 pub use providers::{ExecutionProvider, ExecutionProviders};
 pub use runtime::Runtime;

@@ -2,7 +2,8 @@
 //! ORT values. Inputs arrive already validated against the manifest (lmaas_core::v2).
 
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use lmaas_core::{DataType, Tensor, TensorData, TensorSpec};
 use ort::ep::ExecutionProvider as _;
@@ -28,6 +29,10 @@ pub struct LoadedModel {
     labels: [(&'static str, String); 3],
     /// Concurrent embedding requests share runs (`embed_batched`).
     batcher: crate::batcher::EmbeddingBatcher,
+    /// A decoder's KV-cache inputs and outputs, read from the signature at first generation.
+    kv_layout: OnceLock<Result<crate::generate::KvLayout, String>>,
+    /// Generations running on this session.
+    generating: AtomicUsize,
 }
 
 impl std::fmt::Debug for LoadedModel {
@@ -94,6 +99,8 @@ impl LoadedModel {
             pad_id,
             labels,
             batcher: Default::default(),
+            kv_layout: OnceLock::new(),
+            generating: AtomicUsize::new(0),
         })
     }
 
@@ -123,6 +130,27 @@ impl LoadedModel {
 
     pub(crate) fn batcher(&self) -> &crate::batcher::EmbeddingBatcher {
         &self.batcher
+    }
+
+    /// The session, for one run (runs on one session are serialized).
+    pub(crate) fn session(&self) -> Result<MutexGuard<'_, Session>, EngineError> {
+        self.session.lock().map_err(|_| EngineError::Internal("session lock poisoned".into()))
+    }
+
+    pub(crate) fn kv_layout(&self) -> Result<&crate::generate::KvLayout, EngineError> {
+        self.kv_layout
+            .get_or_init(|| self.session().and_then(|s| crate::generate::KvLayout::of(&s)).map_err(|e| e.to_string()))
+            .as_ref()
+            .map_err(|e| EngineError::Load(e.clone()))
+    }
+
+    pub(crate) fn generating(&self) -> &AtomicUsize {
+        &self.generating
+    }
+
+    /// Labels for this session's metrics: model, version, execution provider.
+    pub(crate) fn metric_labels(&self) -> &[(&'static str, String); 3] {
+        &self.labels
     }
 
     pub(crate) fn pad_id(&self) -> u32 {

@@ -8,6 +8,7 @@ use std::collections::BTreeSet;
 use lmaas_onnx::classifier::ClassifierHead;
 use serde::{Deserialize, Serialize};
 
+use crate::rng::Rng;
 use crate::EngineError;
 
 /// Hyperparameters; the defaults suit a few thousand rows of tens to hundreds of features.
@@ -239,30 +240,6 @@ fn standardization(features: &[Vec<f32>], training: &[usize], width: usize) -> (
     }
     let std = variance.iter().map(|v| if v.sqrt() < 1e-6 { 1.0 } else { v.sqrt() as f32 }).collect();
     (mean.into_iter().map(|m| m as f32).collect(), std)
-}
-
-/// splitmix64: tiny, seeded, and the same everywhere.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, 1).
-    fn uniform(&mut self) -> f32 {
-        (self.next() >> 40) as f32 / (1u64 << 24) as f32
-    }
-
-    fn shuffle(&mut self, items: &mut [usize]) {
-        for i in (1..items.len()).rev() {
-            items.swap(i, (self.next() % (i as u64 + 1)) as usize);
-        }
-    }
 }
 
 #[derive(Clone)]
