@@ -69,6 +69,15 @@ export AWS_ENDPOINT_URL="http://127.0.0.1:$emulator_port" AWS_REGION=us-east-1 \
 
 log "building the functions and the CLI"
 cargo build --workspace --bins >&2
+int4=".lmaas/samples/smollm2-int4"
+if [ ! -f "$int4/model.onnx" ]; then
+  log "quantizing smollm2 to int4 with lmaas quantize (once, about 2 minutes; kept in $int4)"
+  rm -rf "$int4.tmp" && mkdir -p "$int4.tmp"
+  cp .lmaas/samples/smollm2/tokenizer.json .lmaas/samples/smollm2/lmaas.json "$int4.tmp/"
+  ORT_DYLIB_PATH="$root/.lmaas/ort/libonnxruntime.so.1.31.1" target/debug/lmaas quantize \
+    .lmaas/samples/smollm2/model.onnx "$int4.tmp/model.onnx" --scheme int4 > "$state/smollm2-int4.report.json"
+  rm -rf "$int4" && mv "$int4.tmp" "$int4"
+fi
 log "creating the dev admin API key and JWT signing keys"
 token="$(target/debug/lmaas --bucket "$bucket" keys create --tenant dev --principal dev-admin --scopes admin)"
 jwks="$("$venv/bin/python" infra/local/dev_keys.py "$state/jwt")"
@@ -94,7 +103,7 @@ LMAAS_JWT_AUDIENCE=lmaas
 LMAAS_DEV_JWT_KEYS_DIR=$state/jwt
 LMAAS_MODEL_CACHE_DIR=$state/model-cache
 LMAAS_EXECUTION_PROVIDERS=${LMAAS_EXECUTION_PROVIDERS:-cpu}
-LMAAS_PRELOAD=mlp,minilm
+LMAAS_PRELOAD=mlp,minilm,smollm2:int4
 LMAAS_LOG_FORMAT=text
 ORT_DYLIB_PATH=$root/.lmaas/ort/libonnxruntime.so.1.31.1
 ENV
@@ -111,6 +120,11 @@ for sample in mlp:tensor dtypes:tensor minilm:embeddings; do
   LMAAS_URL="http://127.0.0.1:$port" LMAAS_TOKEN="$token" \
     target/debug/lmaas push ".lmaas/samples/${sample%%:*}" --model "${sample%%:*}" --version 1 --task "${sample##*:}" >&2
 done
+# SmolLM2: version 1 is the fp32 graph (the reference), version 2 the int4 one (what to serve).
+LMAAS_URL="http://127.0.0.1:$port" LMAAS_TOKEN="$token" \
+  target/debug/lmaas push .lmaas/samples/smollm2 --model smollm2 --version 1 --task generation --tag fp32 >&2
+LMAAS_URL="http://127.0.0.1:$port" LMAAS_TOKEN="$token" \
+  target/debug/lmaas push "$int4" --model smollm2 --version 2 --task generation --tag int4 >&2
 log "starting the ingest event source and one worker daemon (metrics on ${LMAAS_METRICS_ADDR:-127.0.0.1:9102})"
 "$venv/bin/python" infra/local/event_source.py --queue-url "$ingest_queue_url" --function ingest \
   --invoke-url "http://127.0.0.1:$port" > "$state/event-source.log" 2>&1 &
@@ -129,6 +143,9 @@ lmaas dev stack ready on http://127.0.0.1:$port  (env: $env_file, logs: $state/*
   curl -s -X POST http://127.0.0.1:$port/v2/models/minilm/infer -H "authorization: Bearer $token" -H 'content-type: application/json' \\
     -d @samples/requests/minilm.json
   curl -s http://127.0.0.1:$port/v2/models/minilm -H "authorization: Bearer $token"
+  # chat with SmolLM2 (int4), streamed
+  curl -sN http://127.0.0.1:$port/v1/chat/completions -H "authorization: Bearer $token" -H 'content-type: application/json' \
+    -d '{"model":"smollm2:int4","messages":[{"role":"user","content":"Write a haiku about the sea."}],"stream":true}'
   # batch embeddings from an upload (S3 -> ingest -> worker); results land under results/{job_id}/
   set -a; . $env_file; set +a; target/debug/lmaas jobs upload minilm samples/batch/sentences.jsonl --wait
 MSG

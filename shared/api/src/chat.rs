@@ -307,7 +307,7 @@ impl ChatService {
 
     /// Loads the `LMAAS_PRELOAD` models during INIT (failures are logged and retried on use).
     pub async fn preload(&self) {
-        self.cache.preload(&self.resolver, &self.preload).await;
+        self.cache.preload(&self.resolver, &self.preload, &[Task::Generation]).await;
     }
 
     /// The loaded session of a model, if it is in memory (tests check that generation ends).
@@ -344,14 +344,19 @@ impl ChatService {
         let manifest = self.resolver.resolve(&request.model).await?;
         authorize(call.principal()?, &manifest, call.route.access())?;
         if manifest.task != Task::Generation {
-            return Err(Error::bad_request(format!("'model': '{}' is not a text generation model", request.model_name)));
+            return Err(Error::bad_request(format!(
+                "'model': '{}' is not a text generation model",
+                request.model_name
+            )));
         }
         let config = GenerationConfig::from_manifest_config(&manifest.config)
             .map_err(|e| Error::Internal(format!("model {} has an invalid generation config: {e}", manifest.name)))?
             .ok_or_else(|| Error::Internal(format!("model {} has no generation config", manifest.name)))?;
         let loaded = self.cache.get(&manifest).await?;
         let text = match &request.prompt {
-            Prompt::Messages(messages) => config.render_chat(messages).map_err(|e| Error::bad_request(format!("'messages': {e}")))?,
+            Prompt::Messages(messages) => {
+                config.render_chat(messages).map_err(|e| Error::bad_request(format!("'messages': {e}")))?
+            }
             Prompt::Text(text) => text.clone(),
         };
         let tokenizer = loaded.clone();
@@ -394,9 +399,10 @@ impl ChatService {
 async fn complete(prepared: Prepared) -> Result<Response<Reply>, Error> {
     let Prepared { request, manifest, loaded, config, prompt, params } = prepared;
     let model = loaded.clone();
-    let generated = tokio::task::spawn_blocking(move || model.generate(&prompt, &params, &config, |_| ControlFlow::Continue(())))
-        .await
-        .map_err(|e| Error::Internal(format!("generation task failed: {e}")))??;
+    let generated =
+        tokio::task::spawn_blocking(move || model.generate(&prompt, &params, &config, |_| ControlFlow::Continue(())))
+            .await
+            .map_err(|e| Error::Internal(format!("generation task failed: {e}")))??;
     count_tokens(&manifest, generated.tokens.len(), generated.finish_reason);
     let id = completion_id(request.endpoint);
     let usage = usage(generated.prompt_tokens, generated.tokens.len());
@@ -432,7 +438,9 @@ fn stream(prepared: Prepared) -> Response<Reply> {
     let chunk = move |delta: Value, finish: Option<FinishReason>, usage: Option<Value>| {
         let choices = match (usage.is_some(), request.endpoint) {
             (true, _) => json!([]),
-            (false, Endpoint::Chat) => json!([{ "index": 0, "delta": delta, "finish_reason": finish, "logprobs": null }]),
+            (false, Endpoint::Chat) => {
+                json!([{ "index": 0, "delta": delta, "finish_reason": finish, "logprobs": null }])
+            }
             (false, Endpoint::Completions) => json!([{
                 "index": 0, "text": delta.get("content").cloned().unwrap_or(json!("")), "finish_reason": finish, "logprobs": null,
             }]),
@@ -535,7 +543,9 @@ mod tests {
 
     #[test]
     fn chat_requests_parse_with_openai_defaults() {
-        let request = parse(Endpoint::Chat, json!({"model": "smollm2", "messages": [{"role": "user", "content": "hi"}]})).unwrap();
+        let request =
+            parse(Endpoint::Chat, json!({"model": "smollm2", "messages": [{"role": "user", "content": "hi"}]}))
+                .unwrap();
         assert_eq!(request.prompt, Prompt::Messages(vec![ChatMessage { role: "user".into(), content: "hi".into() }]));
         assert_eq!(request.sampling, Sampling { temperature: 1.0, top_p: 1.0, top_k: 0, seed: None });
         assert_eq!((request.max_tokens, request.stream, request.stop.len()), (None, false, 0));
@@ -546,7 +556,10 @@ mod tests {
                    "stream_options": {"include_usage": true}, "user": "x"}),
         )
         .unwrap();
-        assert_eq!(request.prompt, Prompt::Messages(vec![ChatMessage { role: "system".into(), content: "be brief".into() }]));
+        assert_eq!(
+            request.prompt,
+            Prompt::Messages(vec![ChatMessage { role: "system".into(), content: "be brief".into() }])
+        );
         assert_eq!((request.max_tokens, request.stream, request.include_usage), (Some(5), true, true));
         assert_eq!(request.sampling.seed, Some(u64::MAX));
         assert_eq!(request.stop, vec!["\n".to_string()]);
@@ -562,7 +575,8 @@ mod tests {
         assert!(chat(json!({"messages": []})).contains("'messages' is empty"));
         assert!(chat(json!({"messages": [{"role": "robot", "content": "x"}]})).contains("'messages[0].role'"));
         assert!(chat(json!({"messages": [{"role": "user"}]})).contains("'messages[0].content'"));
-        assert!(chat(json!({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]})).contains("'messages[0].content[0]'"));
+        assert!(chat(json!({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}))
+            .contains("'messages[0].content[0]'"));
         assert!(chat(json!({"max_tokens": 0})).contains("'max_tokens'"));
         assert!(chat(json!({"temperature": 3})).contains("'temperature'"));
         assert!(chat(json!({"top_p": 0})).contains("'top_p'"));
@@ -575,8 +589,12 @@ mod tests {
         assert!(chat(json!({"n": 2})).contains("'n'"));
         assert!(chat(json!({"model": "Bad Name"})).contains("'model'"));
         assert!(parse(Endpoint::Chat, json!({"model": "m"})).unwrap_err().contains("'messages' is required"));
-        assert!(parse(Endpoint::Completions, json!({"model": "m", "prompt": ["a", "b"]})).unwrap_err().contains("'prompt'"));
-        assert!(parse(Endpoint::Completions, json!({"model": "m", "prompt": ""})).unwrap_err().contains("'prompt' is empty"));
+        assert!(parse(Endpoint::Completions, json!({"model": "m", "prompt": ["a", "b"]}))
+            .unwrap_err()
+            .contains("'prompt'"));
+        assert!(parse(Endpoint::Completions, json!({"model": "m", "prompt": ""}))
+            .unwrap_err()
+            .contains("'prompt' is empty"));
         assert!(parse(Endpoint::Completions, json!({"model": "m"})).unwrap_err().contains("'prompt' is required"));
     }
 }

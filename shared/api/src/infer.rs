@@ -19,6 +19,9 @@ use crate::response::json;
 use crate::routes::Route;
 use crate::{ConfigError, InferConfig};
 
+/// What this function preloads (generation models are the chat function's).
+const SERVED_TASKS: [Task; 2] = [Task::Tensor, Task::Embeddings];
+
 /// Authorizes, resolves the model, validates the request against it, runs it, encodes the answer.
 pub struct InferService {
     authenticator: Authenticator,
@@ -51,7 +54,7 @@ impl InferService {
     /// fails is logged and left for the first request to retry: one bad model must not take the
     /// function down for the others.
     pub async fn preload(&self) {
-        self.cache.preload(&self.resolver, &self.preload).await;
+        self.cache.preload(&self.resolver, &self.preload, &SERVED_TASKS).await;
     }
 
     pub async fn handle(&self, request: Request<Bytes>) -> Response<Bytes> {
@@ -78,6 +81,7 @@ impl InferService {
         let mut models = Map::new();
         for reference in &self.preload {
             let loaded = match self.resolver.resolve(reference).await {
+                Ok(manifest) if !SERVED_TASKS.contains(&manifest.task) => continue,
                 Ok(manifest) => self.cache.is_loaded(&manifest),
                 Err(_) => false,
             };

@@ -3,8 +3,8 @@
 //! `server` serves them over HTTP outside it; benchmarks and tests call them in process.
 
 pub mod auth;
-pub mod chat;
 pub mod authorizer;
+pub mod chat;
 pub mod config;
 pub mod context;
 pub mod embeddings;
@@ -21,8 +21,8 @@ pub mod routes;
 pub mod server;
 pub mod telemetry;
 
-pub use config::{AuthConfig, ConfigError, InferConfig, IngestConfig, JobsConfig, ModelsConfig, WorkerConfig};
 pub use chat::ChatService;
+pub use config::{AuthConfig, ConfigError, InferConfig, IngestConfig, JobsConfig, ModelsConfig, WorkerConfig};
 pub use infer::InferService;
 pub use ingest::IngestService;
 pub use jobs::JobsService;

@@ -12,7 +12,7 @@ use http::{Response, StatusCode};
 use lmaas_core::acl::{authorize, Access, Acl};
 use lmaas_core::manifest::{FileEntry, Task, MODEL_FILE};
 use lmaas_core::{AliasName, Error, Manifest, ModelName, ModelResolver, ModelState, Principal, RegistryStore, Version};
-use lmaas_engine::{EmbeddingConfig, ExecutionProviders, LoadedModel};
+use lmaas_engine::{EmbeddingConfig, ExecutionProviders, GenerationConfig, LoadedModel};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -334,14 +334,33 @@ impl Registry {
             let raw = tokio::fs::read(scratch.join("lmaas.json")).await.map_err(|e| internal(e.to_string()))?;
             match serde_json::from_slice::<Value>(&raw) {
                 Err(e) => problems.push(format!("lmaas.json is not valid JSON: {e}")),
-                Ok(value) => match EmbeddingConfig::from_manifest_config(&json!({ "task": value })) {
-                    Ok(_) => task_config = Some(value),
-                    Err(e) => problems.push(format!("lmaas.json is invalid: {e}")),
-                },
+                Ok(value) => {
+                    let config = json!({ "task": value });
+                    let checked = match manifest.task {
+                        Task::Generation => match GenerationConfig::from_manifest_config(&config) {
+                            Ok(Some(_)) => Ok(()),
+                            Ok(None) => Err("a generation model needs a 'generation' section".to_string()),
+                            Err(e) => Err(e),
+                        },
+                        _ => EmbeddingConfig::from_manifest_config(&config).map(|_| ()),
+                    };
+                    match checked {
+                        Ok(()) => task_config = Some(value),
+                        Err(e) => problems.push(format!("lmaas.json is invalid: {e}")),
+                    }
+                }
             }
         }
         if manifest.task == Task::Embeddings && !manifest.files.contains_key("tokenizer.json") {
             problems.push("an embeddings model needs a tokenizer.json".into());
+        }
+        if manifest.task == Task::Generation {
+            for file in ["tokenizer.json", "lmaas.json"] {
+                if !manifest.files.contains_key(file) {
+                    problems
+                        .push(format!("a generation model needs a {file} (lmaas.json with its 'generation' section)"));
+                }
+            }
         }
         if !problems.is_empty() {
             return Err(problems);
@@ -353,6 +372,9 @@ impl Registry {
             .await
             .map_err(|e| internal(e.to_string()))?
             .map_err(|e| vec![format!("the model cannot be loaded: {e}")])?;
+        if manifest.task == Task::Generation {
+            loaded.check_decoder().map_err(|e| vec![format!("model.onnx {e}")])?;
+        }
         let (inputs, outputs) = loaded
             .signature()
             .map_err(|e| vec![format!("model.onnx has an input or output lmaas cannot serve: {e}")])?;

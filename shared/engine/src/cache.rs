@@ -94,13 +94,28 @@ impl ModelCache {
     /// Loads models before anything needs them (INIT, or a fleet host before it polls). A model
     /// that fails is logged and left for its first use to retry: one bad model must not take the
     /// process down for the others.
-    pub async fn preload(&self, resolver: &lmaas_core::ModelResolver, references: &[lmaas_core::ModelRef]) {
+    /// Loads each referenced model whose task is one of `tasks` (the ones this process serves;
+    /// one preload list can then be shared by every function of a deployment).
+    pub async fn preload(
+        &self,
+        resolver: &lmaas_core::ModelResolver,
+        references: &[lmaas_core::ModelRef],
+        tasks: &[lmaas_core::manifest::Task],
+    ) {
         for reference in references {
-            let loaded = async { self.get(&*resolver.resolve(reference).await?).await }.await;
+            let loaded = async {
+                let manifest = resolver.resolve(reference).await?;
+                if !tasks.contains(&manifest.task) {
+                    return Ok(None);
+                }
+                self.get(&manifest).await.map(Some)
+            }
+            .await;
             match loaded {
-                Ok(model) => {
+                Ok(Some(model)) => {
                     tracing::info!(model = %reference, execution_provider = %model.execution_provider(), "preloaded")
                 }
+                Ok(None) => tracing::debug!(model = %reference, "not preloaded: this function does not serve its task"),
                 Err(e) => tracing::error!(model = %reference, error = %e, "preloading failed"),
             }
         }

@@ -186,6 +186,11 @@ impl KvLayout {
 }
 
 impl LoadedModel {
+    /// Whether the model has the decoder signature generation needs (checked at commit).
+    pub fn check_decoder(&self) -> Result<(), EngineError> {
+        self.kv_layout().map(|_| ())
+    }
+
     /// Token ids of a prompt (special tokens written in the text, like `<|im_start|>`, included).
     pub fn encode_prompt(&self, text: &str) -> Result<Vec<u32>, EngineError> {
         let tokenizer = self.tokenizer().ok_or_else(|| EngineError::Load("the model has no tokenizer.json".into()))?;
@@ -222,11 +227,15 @@ impl LoadedModel {
         let layout = self.kv_layout()?;
         let total = sequence.length + tokens.len();
         let internal = |e: ort::Error| EngineError::Internal(format!("creating decoder inputs: {e}"));
-        let ids = OrtTensor::<i64>::from_array(([1usize, tokens.len()], tokens.iter().map(|&t| t as i64).collect::<Vec<_>>()))
-            .map_err(internal)?;
+        let ids = OrtTensor::<i64>::from_array((
+            [1usize, tokens.len()],
+            tokens.iter().map(|&t| t as i64).collect::<Vec<_>>(),
+        ))
+        .map_err(internal)?;
         let seqlens = OrtTensor::<i32>::from_array(([1usize], vec![total as i32 - 1])).map_err(internal)?;
         let total_length = OrtTensor::<i32>::from_array((Vec::<usize>::new(), vec![total as i32])).map_err(internal)?;
-        let mut inputs: Vec<(std::borrow::Cow<'_, str>, SessionInputValue<'_>)> = Vec::with_capacity(3 + layout.past.len());
+        let mut inputs: Vec<(std::borrow::Cow<'_, str>, SessionInputValue<'_>)> =
+            Vec::with_capacity(3 + layout.past.len());
         inputs.push(("input_ids".into(), ids.into_dyn().into()));
         inputs.push(("seqlens_k".into(), seqlens.into_dyn().into()));
         inputs.push(("total_sequence_length".into(), total_length.into_dyn().into()));
@@ -247,9 +256,8 @@ impl LoadedModel {
             .collect::<Result<_, _>>()?;
         sequence.length = total;
         let logits = outputs.remove("logits").ok_or_else(|| missing("logits"))?;
-        let (_, logits) = logits
-            .try_extract_tensor::<f32>()
-            .map_err(|e| EngineError::Internal(format!("reading logits: {e}")))?;
+        let (_, logits) =
+            logits.try_extract_tensor::<f32>().map_err(|e| EngineError::Internal(format!("reading logits: {e}")))?;
         Ok(logits.to_vec())
     }
 
@@ -359,7 +367,13 @@ impl Sampler {
     }
 
     pub fn pick(&mut self, logits: &[f32]) -> u32 {
-        let greedy = || logits.iter().enumerate().fold((0, f32::NEG_INFINITY), |best, (i, &l)| if l > best.1 { (i, l) } else { best }).0 as u32;
+        let greedy = || {
+            logits
+                .iter()
+                .enumerate()
+                .fold((0, f32::NEG_INFINITY), |best, (i, &l)| if l > best.1 { (i, l) } else { best })
+                .0 as u32
+        };
         let Sampling { temperature, top_p, top_k, .. } = self.sampling;
         if temperature <= 0.0 || top_k == 1 {
             return greedy();
@@ -376,7 +390,8 @@ impl Sampler {
             self.candidates.truncate(top_k);
         }
         self.candidates.sort_unstable_by(by_logit);
-        let mut probabilities: Vec<f32> = self.candidates.iter().map(|(l, _)| ((l - max) / temperature).exp()).collect();
+        let mut probabilities: Vec<f32> =
+            self.candidates.iter().map(|(l, _)| ((l - max) / temperature).exp()).collect();
         let sum: f32 = probabilities.iter().sum();
         probabilities.iter_mut().for_each(|p| *p /= sum);
         let mut kept = probabilities.len();

@@ -14,7 +14,10 @@ use lmaas_onnx::quantize::{self, Candidate, ChannelStats, QuantizeOptions, Schem
 use prost::bytes::Bytes;
 use serde::Serialize;
 
-use crate::{EmbeddingConfig, EmbeddingInput, EngineError, ExecutionProviders, LoadedModel};
+use crate::{
+    EmbeddingConfig, EmbeddingInput, EngineError, ExecutionProviders, GenerateParams, GenerationConfig, LoadedModel,
+    Sampling,
+};
 
 /// What to quantize and how.
 #[derive(Debug, Clone)]
@@ -204,6 +207,9 @@ pub struct QualityReport {
     /// Largest absolute difference per evaluation input (tensor models).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_abs_diff: Option<Distribution>,
+    /// Decoders: how the greedy answers and the perplexity moved.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub generation: Option<GenerationQuality>,
     pub latency: Vec<Latency>,
     pub quantized_nodes: usize,
     pub kept_float: Vec<String>,
@@ -225,8 +231,40 @@ pub struct QualityReport {
 /// How a model is fed and compared: embeddings models by sentence, tensor models by synthetic
 /// inputs from their signature.
 enum Probe {
-    Embeddings { config: EmbeddingConfig, calibration: Vec<String>, evaluation: Vec<String> },
-    Tensors { calibration: Vec<Vec<Tensor>>, evaluation: Vec<Vec<Tensor>>, outputs: Vec<String> },
+    Embeddings {
+        config: EmbeddingConfig,
+        calibration: Vec<String>,
+        evaluation: Vec<String>,
+    },
+    Tensors {
+        calibration: Vec<Vec<Tensor>>,
+        evaluation: Vec<Vec<Tensor>>,
+        outputs: Vec<String>,
+    },
+    /// Decoders: chat prompts (calibration sentences as user messages, tokenized), compared by
+    /// their greedy answers; `text` is scored by perplexity.
+    Generation {
+        config: GenerationConfig,
+        calibration: Vec<Vec<u32>>,
+        evaluation: Vec<Vec<u32>>,
+        text: Vec<u32>,
+    },
+}
+
+/// New tokens per prompt when a decoder's greedy answers are compared.
+const PROBE_NEW_TOKENS: usize = 32;
+
+/// A decoder's quality after quantization, against its source.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GenerationQuality {
+    /// Per evaluation prompt: the share of the source's greedy answer (32 tokens) that the
+    /// quantized model reproduces before the first different token.
+    pub greedy_agreement: Distribution,
+    /// Prompts answered identically.
+    pub identical_answers: usize,
+    pub source_perplexity: f64,
+    pub quantized_perplexity: f64,
+    pub perplexity_tokens: usize,
 }
 
 /// Quantizes `source_file` into `out_dir/model.onnx` (with the files beside the source, such as
@@ -288,7 +326,8 @@ pub fn quantize_model(
                 let trial = QuantizeOptions { smoothing: alpha, ..options.clone() };
                 let quantized = quantize::quantize(&model, &trial).map_err(|e| EngineError::Run(e.0))?;
                 let loaded = write_and_load(&quantized.model, &work)?;
-                smoothing_search.push((alpha, cost(&reference, &outputs_of(&loaded, &probe, Split::Calibration)?)));
+                smoothing_search
+                    .push((alpha, cost(&probe, &reference, &outputs_of(&loaded, &probe, Split::Calibration)?)));
                 step(&format!("tried smoothing {alpha:?}"))?;
             }
             smoothing_search.iter().min_by(|a, b| a.1.total_cmp(&b.1)).and_then(|best| best.0)
@@ -301,7 +340,7 @@ pub fn quantize_model(
             alone.keep_float = candidates.iter().filter(|c| c.node != candidate.node).map(|c| c.node.clone()).collect();
             let quantized = quantize::quantize(&model, &alone).map_err(|e| EngineError::Run(e.0))?;
             let loaded = write_and_load(&quantized.model, &work)?;
-            let cost = cost(&reference, &outputs_of(&loaded, &probe, Split::Calibration)?);
+            let cost = cost(&probe, &reference, &outputs_of(&loaded, &probe, Split::Calibration)?);
             sensitivity.push((candidate.node.clone(), cost));
             step(&format!("sensitivity {}/{}: {}", i + 1, candidates.len(), candidate.node))?;
         }
@@ -328,9 +367,20 @@ pub fn quantize_model(
         Scheme::Int8 => (None, None),
         Scheme::Int4 { block_size, symmetric } => (Some(block_size), Some(symmetric)),
     };
-    let (cosine, max_abs_diff) = match &probe {
-        Probe::Embeddings { .. } => (Some(Distribution::of(per_input)), None),
-        Probe::Tensors { .. } => (None, Some(Distribution::of(per_input))),
+    let (cosine, max_abs_diff, generation) = match &probe {
+        Probe::Embeddings { .. } => (Some(Distribution::of(per_input)), None, None),
+        Probe::Tensors { .. } => (None, Some(Distribution::of(per_input)), None),
+        Probe::Generation { text, .. } => {
+            let quantized_loaded = LoadedModel::load(&out_dir.join("model.onnx"), &ExecutionProviders::cpu(), 0)?;
+            let quality = GenerationQuality {
+                identical_answers: per_input.iter().filter(|&&a| a == 1.0).count(),
+                greedy_agreement: Distribution::of(per_input),
+                source_perplexity: source.perplexity(text)?,
+                quantized_perplexity: quantized_loaded.perplexity(text)?,
+                perplexity_tokens: text.len(),
+            };
+            (None, None, Some(quality))
+        }
     };
     let (calibration_inputs, evaluation_inputs) = probe.sizes();
     Ok(QualityReport {
@@ -342,6 +392,7 @@ pub fn quantize_model(
         size_ratio: quantized_size as f64 / source_size as f64,
         cosine,
         max_abs_diff,
+        generation,
         latency,
         quantized_nodes: quantized.quantized.len(),
         kept_float: quantized.kept_float,
@@ -366,6 +417,7 @@ impl Probe {
         match self {
             Probe::Embeddings { calibration, evaluation, .. } => (calibration.len(), evaluation.len()),
             Probe::Tensors { calibration, evaluation, .. } => (calibration.len(), evaluation.len()),
+            Probe::Generation { calibration, evaluation, .. } => (calibration.len(), evaluation.len()),
         }
     }
 }
@@ -376,6 +428,30 @@ fn make_probe(
     task_config: &serde_json::Value,
     calibration: Option<&Calibration>,
 ) -> Result<Probe, EngineError> {
+    if let Some(config) =
+        GenerationConfig::from_manifest_config(&serde_json::json!({ "task": task_config })).map_err(EngineError::Run)?
+    {
+        let sentences = calibration.ok_or_else(|| EngineError::Run("a decoder needs calibration sentences".into()))?;
+        let prompts = |sentences: &[String], count: usize| -> Result<Vec<Vec<u32>>, EngineError> {
+            sentences
+                .iter()
+                .take(count)
+                .map(|s| {
+                    let message = crate::ChatMessage { role: "user".into(), content: s.clone() };
+                    source.encode_prompt(&config.render_chat(&[message])?)
+                })
+                .collect()
+        };
+        // A prose passage of evaluation sentences for perplexity (about 300 tokens).
+        let text =
+            source.encode_prompt(&sentences.evaluation.iter().take(16).cloned().collect::<Vec<_>>().join(" "))?;
+        return Ok(Probe::Generation {
+            calibration: prompts(&sentences.calibration, 8)?,
+            evaluation: prompts(&sentences.evaluation, 16)?,
+            text,
+            config,
+        });
+    }
     if source_dir.join("tokenizer.json").exists() {
         let sentences = calibration.ok_or_else(|| {
             EngineError::Run("an embeddings model needs calibration sentences (params.calibration)".into())
@@ -447,6 +523,20 @@ fn outputs_of(model: &LoadedModel, probe: &Probe, split: Split) -> Result<Vec<Ve
             }
             Ok(vectors)
         }
+        Probe::Generation { config, calibration, evaluation, .. } => {
+            let prompts = match split {
+                Split::Calibration => calibration,
+                Split::Evaluation => evaluation,
+            };
+            let greedy = GenerateParams { max_tokens: PROBE_NEW_TOKENS, sampling: Sampling::GREEDY, stop: vec![] };
+            prompts
+                .iter()
+                .map(|prompt| {
+                    let answer = model.generate(prompt, &greedy, config, crate::generate::keep_going)?;
+                    Ok(answer.tokens.iter().map(|&t| t as f32).collect())
+                })
+                .collect()
+        }
         Probe::Tensors { calibration, evaluation, outputs } => {
             let sets = match split {
                 Split::Calibration => calibration,
@@ -476,24 +566,32 @@ fn compare(probe: &Probe, a: &[f32], b: &[f32]) -> f64 {
     match probe {
         Probe::Embeddings { .. } => cosine(a, b),
         Probe::Tensors { .. } => a.iter().zip(b).map(|(x, y)| (x - y).abs() as f64).fold(0.0, f64::max),
+        Probe::Generation { .. } => greedy_agreement(a, b),
     }
 }
 
-/// A cost to minimize over a split: 1 - mean cosine for embeddings, mean max abs diff otherwise.
-fn cost(reference: &[Vec<f32>], outputs: &[Vec<f32>]) -> f64 {
-    let embeddings = reference.first().is_some_and(|r| (r.iter().map(|v| v * v).sum::<f32>() - 1.0).abs() < 1e-3);
+/// A cost to minimize over a split: 1 - mean cosine for embeddings, 1 - mean greedy agreement for
+/// decoders, mean max abs diff for tensors.
+fn cost(probe: &Probe, reference: &[Vec<f32>], outputs: &[Vec<f32>]) -> f64 {
     let per: Vec<f64> = reference
         .iter()
         .zip(outputs)
-        .map(|(a, b)| {
-            if embeddings {
-                1.0 - cosine(a, b)
-            } else {
-                a.iter().zip(b).map(|(x, y)| (x - y).abs() as f64).fold(0.0, f64::max)
-            }
+        .map(|(a, b)| match probe {
+            Probe::Tensors { .. } => compare(probe, a, b),
+            Probe::Embeddings { .. } | Probe::Generation { .. } => 1.0 - compare(probe, a, b),
         })
         .collect();
     per.iter().sum::<f64>() / per.len().max(1) as f64
+}
+
+/// The share of answer `a` that `b` repeats before the first different token.
+fn greedy_agreement(a: &[f32], b: &[f32]) -> f64 {
+    let same = a.iter().zip(b).take_while(|(x, y)| x == y).count();
+    if a.len() == b.len() && same == a.len() {
+        1.0
+    } else {
+        same as f64 / a.len().max(1) as f64
+    }
 }
 
 pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
@@ -581,6 +679,21 @@ fn copy_companions(source_file: &Path, dest: &Path) -> Result<(), EngineError> {
 
 /// Median milliseconds per call at batch 1 and 32, source and quantized alternating.
 fn measure_latency(source: &LoadedModel, quantized: &LoadedModel, probe: &Probe) -> Result<Vec<Latency>, EngineError> {
+    if let Probe::Generation { config, evaluation, .. } = probe {
+        // Milliseconds per generated token (prompt included), 16 tokens on four prompts.
+        let params = GenerateParams { max_tokens: 16, sampling: Sampling::GREEDY, stop: vec![] };
+        let mut times = (Vec::new(), Vec::new());
+        let per_token = |model: &LoadedModel, prompt: &[u32]| -> Result<f64, EngineError> {
+            let started = Instant::now();
+            let answer = model.generate(prompt, &params, config, crate::generate::keep_going)?;
+            Ok(started.elapsed().as_secs_f64() * 1e3 / answer.tokens.len().max(1) as f64)
+        };
+        for prompt in evaluation.iter().take(4) {
+            times.0.push(per_token(source, prompt)?);
+            times.1.push(per_token(quantized, prompt)?);
+        }
+        return Ok(vec![Latency { batch: 1, source_ms: median(times.0), quantized_ms: median(times.1) }]);
+    }
     let Probe::Embeddings { config, evaluation, .. } = probe else {
         let Probe::Tensors { evaluation, outputs, .. } = probe else { unreachable!() };
         let mut times = (Vec::new(), Vec::new());

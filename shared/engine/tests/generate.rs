@@ -5,7 +5,9 @@ use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use lmaas_engine::{ChatMessage, ExecutionProviders, FinishReason, GenerateParams, GenerationConfig, LoadedModel, Sampling};
+use lmaas_engine::{
+    ChatMessage, ExecutionProviders, FinishReason, GenerateParams, GenerationConfig, LoadedModel, Sampling,
+};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -53,7 +55,8 @@ fn loaded() -> &'static (LoadedModel, GenerationConfig) {
     static MODEL: OnceLock<(LoadedModel, GenerationConfig)> = OnceLock::new();
     MODEL.get_or_init(|| {
         let model = LoadedModel::load(&sample_dir().join("model.onnx"), &ExecutionProviders::cpu(), 0).unwrap();
-        let task: serde_json::Value = serde_json::from_slice(&std::fs::read(sample_dir().join("lmaas.json")).unwrap()).unwrap();
+        let task: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(sample_dir().join("lmaas.json")).unwrap()).unwrap();
         let config = GenerationConfig::from_manifest_config(&serde_json::json!({ "task": task })).unwrap().unwrap();
         (model, config)
     })
@@ -93,7 +96,9 @@ fn perplexity_matches_llama_cpp() {
 fn streamed_text_concatenates_to_the_answer_and_seeds_repeat() {
     let (_serial, (model, config)) = model();
     let prompt = model
-        .encode_prompt(&config.render_chat(&[ChatMessage { role: "user".into(), content: "Tell me about cats.".into() }]).unwrap())
+        .encode_prompt(
+            &config.render_chat(&[ChatMessage { role: "user".into(), content: "Tell me about cats.".into() }]).unwrap(),
+        )
         .unwrap();
     let sampled = |seed| GenerateParams {
         max_tokens: 24,

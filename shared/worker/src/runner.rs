@@ -121,7 +121,7 @@ impl JobRunner {
 
     /// Loads models before any job needs them (a fleet host warms up before it polls).
     pub async fn preload(&self, references: &[ModelRef]) {
-        self.cache.preload(&self.resolver, references).await;
+        self.cache.preload(&self.resolver, references, &[Task::Tensor, Task::Embeddings, Task::Generation]).await;
     }
 
     /// Runs the job until it finishes, fails, is cancelled, or `stop` asks it to let go.
