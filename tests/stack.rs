@@ -4,6 +4,7 @@
 
 mod auth;
 mod batch;
+mod generation;
 mod jobs;
 mod observability;
 mod optimize;

@@ -35,6 +35,7 @@ WORKER = {
 REVIEWED = {
     "authorizer": S3_READ_KEYS | LIST,
     "infer": {("s3:GetObject", "bucket/models/*")} | S3_READ_KEYS | LIST,
+    "chat": {("s3:GetObject", "bucket/models/*")} | S3_READ_KEYS | LIST,
     "models": {("s3:GetObject", "bucket/models/*"), ("s3:PutObject", "bucket/models/*"),
                ("s3:DeleteObject", "bucket/models/*")} | S3_READ_KEYS | LIST,
     "jobs": {("s3:GetObject", "bucket/jobs/*"), ("s3:PutObject", "bucket/jobs/*"),
@@ -56,6 +57,7 @@ OBJECT = "shared/aws/src/object.rs"
 CODE = {
     "authorizer": [OBJECT, "shared/aws/src/keys.rs"],
     "infer": [OBJECT, "shared/aws/src/s3.rs", "shared/aws/src/keys.rs"],
+    "chat": [OBJECT, "shared/aws/src/s3.rs", "shared/aws/src/keys.rs"],
     "models": [OBJECT, "shared/aws/src/s3.rs", "shared/aws/src/keys.rs"],
     "jobs": [OBJECT, "shared/aws/src/s3.rs", "shared/aws/src/keys.rs", "shared/aws/src/jobs.rs",
              "shared/aws/src/queue.rs"],

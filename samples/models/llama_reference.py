@@ -19,9 +19,11 @@ import os
 import sys
 
 import jinja2
-import llama_cpp.llama_cpp as llama_cpp_c
 import numpy as np
-from llama_cpp import Llama
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "../../bench/llama"))
+import amx  # noqa: E402,F401  (llama.cpp without AMX tiles: see bench/llama/amx.py)
+from llama_cpp import Llama  # noqa: E402
 
 NEW_TOKENS = 32
 CONVERSATIONS = [
@@ -40,20 +42,6 @@ PERPLEXITY_TEXT = (
     "from the songs of whales to the dances of bees. Language, however, remains a uniquely human trait, "
     "allowing us to share ideas across generations and build on the knowledge of those who came before us."
 )
-
-
-def without_amx():
-    """Turns off llama.cpp's extra buffer types (weight repacking for AMX tiles). Where the kernel has
-    not enabled AMX for the process, as on the VMs lmaas is built on, ggml's AMX kernel dies on its
-    first tile load; its AVX-512 kernels are used instead."""
-    default = llama_cpp_c.llama_model_default_params
-
-    def params():
-        p = default()
-        p.use_extra_bufts = False
-        return p
-
-    llama_cpp_c.llama_model_default_params = params
 
 
 def dequantized_copy(path, out):
@@ -85,7 +73,6 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     config = json.load(open(os.path.join(args.model_dir, "lmaas.json")))["generation"]
-    without_amx()
     f32 = args.out + ".f32.gguf"
     dequantized_copy(args.gguf, f32)
     try:
