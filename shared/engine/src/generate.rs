@@ -277,36 +277,158 @@ impl LoadedModel {
         }
         let _active = ActiveSequence::start(self);
         let mut sequence = self.new_sequence()?;
-        let mut sampler = Sampler::new(&params.sampling);
-        let mut text = TextStream::new(&params.stop);
+        let mut decoding = Decoding::new(prompt.len(), params);
         let mut logits = self.forward(&mut sequence, prompt)?;
-        let finish_reason = loop {
-            if text.tokens.len() >= params.max_tokens || sequence.len() >= config.context_length {
-                break FinishReason::Length;
+        loop {
+            let step = decoding.step(&logits, config, |tokens| self.decode(tokens))?;
+            if !step.delta.is_empty() && on_text(&step.delta).is_break() {
+                tracing::info!(
+                    generated = decoding.text.tokens.len(),
+                    "generation stopped: the client stopped listening"
+                );
+                return Ok(decoding.finish(FinishReason::Cancelled));
             }
-            let token = sampler.pick(&logits);
-            if config.eos_token_ids.contains(&token) {
-                break FinishReason::Stop;
+            if let Some(reason) = step.finish {
+                let generated = decoding.finish(reason);
+                let rest = &generated.text[step.shown..];
+                if !rest.is_empty() {
+                    let _ = on_text(rest);
+                }
+                return Ok(generated);
             }
-            let (delta, stopped) = text.push(token, |tokens| self.decode(tokens))?;
-            if !delta.is_empty() && on_text(&delta).is_break() {
-                break FinishReason::Cancelled;
-            }
-            if stopped {
-                break FinishReason::Stop;
-            }
-            if text.tokens.len() < params.max_tokens {
-                logits = self.forward(&mut sequence, &[token])?;
-            }
-        };
-        let rest = text.finish(finish_reason);
-        if !rest.is_empty() && finish_reason != FinishReason::Cancelled {
-            let _ = on_text(&rest);
+            logits = self.forward(&mut sequence, &[step.token])?;
         }
-        if finish_reason == FinishReason::Cancelled {
-            tracing::info!(generated = text.tokens.len(), "generation stopped: the client stopped listening");
+    }
+
+    /// Generates answers for many prompts with continuous batching: up to `max_active` sequences
+    /// decode together, one session run per step for all of them; a sequence that finishes
+    /// leaves between steps and the next prompt joins (prefilled alone, then merged into the
+    /// batch's KV cache). `on_finish` hears each item (by index) as it ends, errors included;
+    /// `Break` stops the whole batch (cancellation).
+    pub fn generate_many(
+        &self,
+        items: &[(Vec<u32>, GenerateParams)],
+        config: &GenerationConfig,
+        max_active: usize,
+        mut on_finish: impl FnMut(usize, Result<Generated, EngineError>) -> ControlFlow<()>,
+    ) -> Result<(), EngineError> {
+        let layout = self.kv_layout()?;
+        let vocabulary_rows = |logits: &[f32], rows: usize| logits.len() / rows.max(1);
+        let mut pending = 0..items.len();
+        let mut rows: Vec<(usize, Decoding<'_>, ActiveSequence<'_>)> = Vec::new();
+        let mut batch = KvBatch::default();
+        loop {
+            let mut joined = Vec::new();
+            while rows.len() + joined.len() < max_active.max(1) {
+                let Some(index) = pending.next() else { break };
+                let (prompt, params) = &items[index];
+                if prompt.is_empty() {
+                    if on_finish(index, Err(EngineError::Run("the prompt is empty".into()))).is_break() {
+                        return Err(EngineError::Cancelled);
+                    }
+                    continue;
+                }
+                let active = ActiveSequence::start(self);
+                let mut sequence = self.new_sequence()?;
+                let mut decoding = Decoding::new(prompt.len(), params);
+                let step = self
+                    .forward(&mut sequence, prompt)
+                    .and_then(|logits| decoding.step(&logits, config, |tokens| self.decode(tokens)));
+                let outcome = match step {
+                    Err(e) => Some(Err(e)),
+                    Ok(step) => match step.finish {
+                        Some(reason) => Some(Ok(decoding.finish(reason))),
+                        None => {
+                            decoding.next = step.token;
+                            joined.push(((index, decoding, active), sequence));
+                            None
+                        }
+                    },
+                };
+                if let Some(outcome) = outcome {
+                    if on_finish(index, outcome).is_break() {
+                        return Err(EngineError::Cancelled);
+                    }
+                }
+            }
+            if !joined.is_empty() {
+                let (new_rows, sequences): (Vec<_>, Vec<_>) = joined.into_iter().unzip();
+                batch = batch.rebuild(layout, &(0..rows.len()).collect::<Vec<_>>(), &sequences)?;
+                rows.extend(new_rows);
+            }
+            if rows.is_empty() {
+                return Ok(());
+            }
+            let tokens: Vec<u32> = rows.iter().map(|(_, d, _)| d.next).collect();
+            let logits = self.forward_batch(&mut batch, &tokens)?;
+            let width = vocabulary_rows(&logits, rows.len());
+            let mut kept = Vec::with_capacity(rows.len());
+            for (row, (index, decoding, _)) in rows.iter_mut().enumerate() {
+                let step = decoding.step(&logits[row * width..(row + 1) * width], config, |t| self.decode(t))?;
+                match step.finish {
+                    None => {
+                        decoding.next = step.token;
+                        kept.push(row);
+                    }
+                    Some(reason) => {
+                        let generated = decoding.finish(reason);
+                        if on_finish(*index, Ok(generated)).is_break() {
+                            return Err(EngineError::Cancelled);
+                        }
+                    }
+                }
+            }
+            if kept.len() < rows.len() {
+                batch = batch.rebuild(layout, &kept, &[])?;
+                let mut row = 0;
+                rows.retain(|_| {
+                    row += 1;
+                    kept.contains(&(row - 1))
+                });
+            }
         }
-        Ok(Generated { text: text.text, tokens: text.tokens, prompt_tokens: prompt.len(), finish_reason })
+    }
+
+    /// One decoding step for every row of `batch`: feeds `tokens[row]`, returns the logits of
+    /// all rows (`[rows × vocabulary]`).
+    fn forward_batch(&self, batch: &mut KvBatch, tokens: &[u32]) -> Result<Vec<f32>, EngineError> {
+        let layout = self.kv_layout()?;
+        let internal = |e: ort::Error| EngineError::Internal(format!("creating decoder inputs: {e}"));
+        let rows = tokens.len();
+        let ids = OrtTensor::<i64>::from_array(([rows, 1usize], tokens.iter().map(|&t| t as i64).collect::<Vec<_>>()))
+            .map_err(internal)?;
+        // Each row's past length; the op writes the new token right after it.
+        let seqlens =
+            OrtTensor::<i32>::from_array(([rows], batch.lengths.iter().map(|&l| l as i32).collect::<Vec<_>>()))
+                .map_err(internal)?;
+        let total =
+            OrtTensor::<i32>::from_array((Vec::<usize>::new(), vec![batch.buffer as i32 + 1])).map_err(internal)?;
+        let mut inputs: Vec<(std::borrow::Cow<'_, str>, SessionInputValue<'_>)> =
+            Vec::with_capacity(3 + layout.past.len());
+        inputs.push(("input_ids".into(), ids.into_dyn().into()));
+        inputs.push(("seqlens_k".into(), seqlens.into_dyn().into()));
+        inputs.push(("total_sequence_length".into(), total.into_dyn().into()));
+        for (name, value) in layout.past.iter().zip(batch.cache.drain(..)) {
+            inputs.push((name.as_str().into(), value.into()));
+        }
+        let mut session = self.session()?;
+        let started = std::time::Instant::now();
+        let result = session.run(inputs);
+        metrics::histogram!(lmaas_core::metrics::INFERENCE_DURATION, self.metric_labels())
+            .record(started.elapsed().as_secs_f64());
+        let mut outputs = result.map_err(|e| EngineError::Run(e.to_string()))?;
+        let missing = |name: &str| EngineError::Internal(format!("ONNX Runtime returned no output '{name}'"));
+        batch.cache = layout
+            .present
+            .iter()
+            .map(|name| outputs.remove(name.as_str()).ok_or_else(|| missing(name)))
+            .collect::<Result<_, _>>()?;
+        batch.buffer += 1;
+        batch.lengths.iter_mut().for_each(|l| *l += 1);
+        let logits = outputs.remove("logits").ok_or_else(|| missing("logits"))?;
+        let (_, logits) =
+            logits.try_extract_tensor::<f32>().map_err(|e| EngineError::Internal(format!("reading logits: {e}")))?;
+        Ok(logits.to_vec())
     }
 
     /// Perplexity of `tokens` (exp of the mean negative log-likelihood of each token after the
@@ -329,6 +451,129 @@ impl LoadedModel {
     /// Sequences generating on this model right now.
     pub fn active_sequences(&self) -> usize {
         self.generating().load(Ordering::Relaxed)
+    }
+}
+
+/// One sequence's answer in progress: sampling, text and stop checks, shared by single and
+/// batched decoding.
+struct Decoding<'p> {
+    params: &'p GenerateParams,
+    prompt_tokens: usize,
+    sampler: Sampler,
+    text: TextStream<'p>,
+    /// The token to feed next (batched decoding).
+    next: u32,
+}
+
+/// What one step decided: the token picked, the text now safe to show, and whether it ended
+/// (`shown`: bytes of the answer shown so far, including `delta`).
+struct Step {
+    token: u32,
+    delta: String,
+    shown: usize,
+    finish: Option<FinishReason>,
+}
+
+impl<'p> Decoding<'p> {
+    fn new(prompt_tokens: usize, params: &'p GenerateParams) -> Self {
+        Decoding {
+            params,
+            prompt_tokens,
+            sampler: Sampler::new(&params.sampling),
+            text: TextStream::new(&params.stop),
+            next: 0,
+        }
+    }
+
+    /// Picks the next token from `logits` (those after the last token fed).
+    fn step(
+        &mut self,
+        logits: &[f32],
+        config: &GenerationConfig,
+        decode: impl Fn(&[u32]) -> Result<String, EngineError>,
+    ) -> Result<Step, EngineError> {
+        let fed = self.prompt_tokens + self.text.tokens.len();
+        let end = |reason, shown| Step { token: 0, delta: String::new(), shown, finish: Some(reason) };
+        if self.text.tokens.len() >= self.params.max_tokens || fed >= config.context_length {
+            return Ok(end(FinishReason::Length, self.text.emitted));
+        }
+        let token = self.sampler.pick(logits);
+        if config.eos_token_ids.contains(&token) {
+            return Ok(end(FinishReason::Stop, self.text.emitted));
+        }
+        let (delta, stopped) = self.text.push(token, decode)?;
+        let at_limit = self.text.tokens.len() >= self.params.max_tokens;
+        let finish = if stopped {
+            Some(FinishReason::Stop)
+        } else if at_limit {
+            Some(FinishReason::Length)
+        } else {
+            None
+        };
+        Ok(Step { token, delta, shown: self.text.emitted, finish })
+    }
+
+    fn finish(&mut self, reason: FinishReason) -> Generated {
+        self.text.finish(reason);
+        Generated {
+            text: std::mem::take(&mut self.text.text),
+            tokens: std::mem::take(&mut self.text.tokens),
+            prompt_tokens: self.prompt_tokens,
+            finish_reason: reason,
+        }
+    }
+}
+
+/// The KV caches of the rows of a decoding batch: one tensor per cache input,
+/// `[rows, kv_heads, buffer, head_dim]`, each row valid up to its own length (GroupQueryAttention
+/// reads `seqlens_k` to know where).
+#[derive(Default)]
+struct KvBatch {
+    cache: Vec<DynValue>,
+    lengths: Vec<usize>,
+    buffer: usize,
+}
+
+impl KvBatch {
+    /// A batch of the rows `keep` of this one followed by `sequences`, trimmed to the longest.
+    /// Done only when membership changes: it copies every cache once.
+    fn rebuild(self, layout: &KvLayout, keep: &[usize], sequences: &[Sequence]) -> Result<KvBatch, EngineError> {
+        let lengths: Vec<usize> =
+            keep.iter().map(|&r| self.lengths[r]).chain(sequences.iter().map(|s| s.length)).collect();
+        let buffer = lengths.iter().copied().max().unwrap_or(0);
+        let (heads, dim) = (layout.kv_heads, layout.head_dim);
+        let rows = lengths.len();
+        let read = |value: &DynValue| -> Result<(usize, Vec<f32>), EngineError> {
+            let (shape, data) = value
+                .try_extract_tensor::<f32>()
+                .map_err(|e| EngineError::Internal(format!("reading a KV cache: {e}")))?;
+            Ok((shape[2] as usize, data.to_vec()))
+        };
+        let mut cache = Vec::with_capacity(layout.past.len());
+        for c in 0..layout.past.len() {
+            let mut out = vec![0f32; rows * heads * buffer * dim];
+            // (source data, its buffer length, source row) for each target row
+            let old = if keep.is_empty() { None } else { Some(read(&self.cache[c])?) };
+            let mut sources: Vec<(std::borrow::Cow<'_, [f32]>, usize, usize)> = Vec::with_capacity(rows);
+            if let Some((old_buffer, data)) = &old {
+                sources.extend(keep.iter().map(|&r| (std::borrow::Cow::Borrowed(data.as_slice()), *old_buffer, r)));
+            }
+            for sequence in sequences {
+                let (seq_buffer, data) = read(&sequence.cache[c])?;
+                sources.push((std::borrow::Cow::Owned(data), seq_buffer, 0));
+            }
+            for (target, ((data, source_buffer, source_row), length)) in sources.iter().zip(&lengths).enumerate() {
+                for head in 0..heads {
+                    let from = ((source_row * heads + head) * source_buffer) * dim;
+                    let to = ((target * heads + head) * buffer) * dim;
+                    out[to..to + length * dim].copy_from_slice(&data[from..from + length * dim]);
+                }
+            }
+            let tensor = OrtTensor::<f32>::from_array(([rows, heads, buffer, dim], out))
+                .map_err(|e| EngineError::Internal(format!("building a KV batch: {e}")))?;
+            cache.push(tensor.into_dyn());
+        }
+        Ok(KvBatch { cache, lengths, buffer })
     }
 }
 

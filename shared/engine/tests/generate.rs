@@ -156,3 +156,42 @@ fn a_consumer_that_stops_listening_stops_generation_and_frees_the_sequence() {
     assert!(generated.tokens.len() < 10, "{} tokens", generated.tokens.len());
     assert_eq!(model.active_sequences(), 0);
 }
+
+#[test]
+fn continuous_batching_gives_every_prompt_its_own_answer() {
+    let (_serial, (model, config)) = model();
+    let reference = reference();
+    // 9 prompts, 4 at a time: answers that end early (7 to 11 tokens) make room for the next
+    // prompt between steps, so rows leave and join the batch while others are mid-answer.
+    let items: Vec<_> = reference.f32.cases.iter().map(|c| (c.prompt_tokens.clone(), greedy(32))).collect();
+    let mut answers = vec![None; items.len()];
+    let mut order = Vec::new();
+    model
+        .generate_many(&items, config, 4, |index, result| {
+            assert!(model.active_sequences() <= 4);
+            order.push(index);
+            answers[index] = Some(result.unwrap());
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+    assert_ne!(order, (0..items.len()).collect::<Vec<_>>(), "short answers finish first");
+    for (case, answer) in reference.f32.cases.iter().zip(answers) {
+        let answer = answer.expect("every item is answered");
+        assert_eq!(answer.tokens, case.tokens, "{:?}", case.messages.last().unwrap().content);
+        assert_eq!(answer.prompt_tokens, case.prompt_tokens.len());
+    }
+    assert_eq!(model.active_sequences(), 0);
+    // An empty prompt fails alone; a `Break` stops the batch.
+    let items = vec![(vec![], greedy(4)), (reference.f32.cases[0].prompt_tokens.clone(), greedy(4))];
+    let mut results = Vec::new();
+    model
+        .generate_many(&items, config, 2, |i, r| {
+            results.push((i, r.is_ok()));
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+    assert_eq!(results, vec![(0, false), (1, true)]);
+    let stopped = model.generate_many(&items[1..], config, 2, |_, _| ControlFlow::Break(()));
+    assert!(matches!(stopped, Err(lmaas_engine::EngineError::Cancelled)));
+    assert_eq!(model.active_sequences(), 0);
+}
