@@ -38,7 +38,8 @@ pub enum Endpoint {
 
 #[derive(Deserialize)]
 struct RawRequest {
-    model: String,
+    #[serde(default)]
+    model: Option<String>,
     #[serde(default)]
     messages: Option<Value>,
     #[serde(default)]
@@ -92,7 +93,23 @@ impl CompletionRequest {
     pub fn parse(endpoint: Endpoint, body: &[u8]) -> Result<Self, Error> {
         let raw: RawRequest =
             serde_json::from_slice(body).map_err(|e| Error::bad_request(format!("invalid request body: {e}")))?;
-        let model = ModelRef::parse(&raw.model).map_err(|e| Error::bad_request(format!("'model': {e}")))?;
+        let name = raw.model.clone().ok_or_else(|| Error::bad_request("'model' is required"))?;
+        Self::from_raw(endpoint, raw, name)
+    }
+
+    /// A `batch_chat` input line: a chat request whose model is the job's (a `model` in the
+    /// line is ignored) and which is never streamed.
+    pub fn parse_batch_line(line: &str, model: &str) -> Result<Self, Error> {
+        let raw: RawRequest =
+            serde_json::from_str(line).map_err(|e| Error::bad_request(format!("not a chat request: {e}")))?;
+        if raw.stream.as_ref().is_some_and(|s| s == &Value::Bool(true)) {
+            return Err(Error::bad_request("'stream' is not available in batch jobs"));
+        }
+        Self::from_raw(Endpoint::Chat, raw, model.to_string())
+    }
+
+    fn from_raw(endpoint: Endpoint, raw: RawRequest, model_name: String) -> Result<Self, Error> {
+        let model = ModelRef::parse(&model_name).map_err(|e| Error::bad_request(format!("'model': {e}")))?;
         let prompt = match endpoint {
             Endpoint::Chat => Prompt::Messages(messages(raw.messages)?),
             Endpoint::Completions => Prompt::Text(prompt_text(raw.prompt)?),
@@ -145,7 +162,7 @@ impl CompletionRequest {
         Ok(CompletionRequest {
             endpoint,
             model,
-            model_name: raw.model,
+            model_name,
             prompt,
             max_tokens,
             sampling: Sampling { temperature, top_p, top_k, seed },
@@ -353,45 +370,68 @@ impl ChatService {
             .map_err(|e| Error::Internal(format!("model {} has an invalid generation config: {e}", manifest.name)))?
             .ok_or_else(|| Error::Internal(format!("model {} has no generation config", manifest.name)))?;
         let loaded = self.cache.get(&manifest).await?;
-        let text = match &request.prompt {
-            Prompt::Messages(messages) => {
-                config.render_chat(messages).map_err(|e| Error::bad_request(format!("'messages': {e}")))?
-            }
-            Prompt::Text(text) => text.clone(),
-        };
-        let tokenizer = loaded.clone();
-        let prompt = tokio::task::spawn_blocking(move || tokenizer.encode_prompt(&text))
+        let (tokenizer, asked, generation) = (loaded.clone(), request.clone(), config.clone());
+        let (prompt, params) = tokio::task::spawn_blocking(move || prepare_prompt(&tokenizer, &generation, &asked))
             .await
             .map_err(|e| Error::Internal(format!("tokenization task failed: {e}")))??;
-        let field = if endpoint == Endpoint::Chat { "messages" } else { "prompt" };
-        let context = config.context_length;
-        if prompt.len() >= context {
-            return Err(Error::bad_request(format!(
-                "'{field}': the prompt is {} tokens; '{}' has a context length of {context} tokens (prompt and answer together)",
-                prompt.len(),
-                request.model_name
-            )));
-        }
-        let room = context - prompt.len();
-        let max_tokens = match request.max_tokens {
-            Some(asked) if asked > config.max_new_tokens => {
-                return Err(Error::bad_request(format!(
-                    "'max_tokens' is {asked}; '{}' generates at most {} tokens per request",
-                    request.model_name, config.max_new_tokens
-                )))
-            }
-            Some(asked) if asked > room => {
-                return Err(Error::bad_request(format!(
-                    "'max_tokens': {} prompt tokens + {asked} requested exceed the context length of {context} tokens",
-                    prompt.len()
-                )))
-            }
-            Some(asked) => asked,
-            None if endpoint == Endpoint::Completions => 16.min(room),
-            None => config.max_new_tokens.min(room),
-        };
-        let params = GenerateParams { max_tokens, sampling: request.sampling.clone(), stop: request.stop.clone() };
         Ok(Prepared { request, manifest, loaded, config, prompt, params })
+    }
+}
+
+/// The prompt's tokens and the generation parameters for a request on a model: the chat
+/// template applied, then the prompt and `max_tokens` checked against the model's limits (a 400
+/// naming the field and the limit). `max_tokens` defaults to what fits (chat) or 16 (completions,
+/// as OpenAI's).
+pub fn prepare_prompt(
+    model: &LoadedModel,
+    config: &GenerationConfig,
+    request: &CompletionRequest,
+) -> Result<(Vec<u32>, GenerateParams), Error> {
+    let text = match &request.prompt {
+        Prompt::Messages(messages) => {
+            config.render_chat(messages).map_err(|e| Error::bad_request(format!("'messages': {e}")))?
+        }
+        Prompt::Text(text) => text.clone(),
+    };
+    let prompt = model.encode_prompt(&text)?;
+    let field = if request.endpoint == Endpoint::Chat { "messages" } else { "prompt" };
+    let context = config.context_length;
+    if prompt.len() >= context {
+        return Err(Error::bad_request(format!(
+            "'{field}': the prompt is {} tokens; '{}' has a context length of {context} tokens (prompt and answer together)",
+            prompt.len(),
+            request.model_name
+        )));
+    }
+    let room = context - prompt.len();
+    let max_tokens = match request.max_tokens {
+        Some(asked) if asked > config.max_new_tokens => {
+            return Err(Error::bad_request(format!(
+                "'max_tokens' is {asked}; '{}' generates at most {} tokens per request",
+                request.model_name, config.max_new_tokens
+            )))
+        }
+        Some(asked) if asked > room => {
+            return Err(Error::bad_request(format!(
+                "'max_tokens': {} prompt tokens + {asked} requested exceed the context length of {context} tokens",
+                prompt.len()
+            )))
+        }
+        Some(asked) => asked,
+        None if request.endpoint == Endpoint::Completions => 16.min(room),
+        None => config.max_new_tokens.min(room),
+    };
+    Ok((prompt, GenerateParams { max_tokens, sampling: request.sampling.clone(), stop: request.stop.clone() }))
+}
+
+/// A `batch_chat` job's `params.max_concurrent`: sequences decoded together (default 8).
+pub fn max_concurrent(params: &Value) -> Result<usize, String> {
+    match params.get("max_concurrent") {
+        None | Some(Value::Null) => Ok(8),
+        Some(v) => match v.as_u64() {
+            Some(n @ 1..=32) => Ok(n as usize),
+            _ => Err("params.max_concurrent must be an integer from 1 to 32".into()),
+        },
     }
 }
 

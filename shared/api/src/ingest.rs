@@ -198,7 +198,11 @@ impl IngestService {
     async fn job_for(&self, model: &str, id: &JobId, input: &str, output: &str) -> Result<Job, Error> {
         let reference = ModelRef::parse(model).map_err(|e| Error::bad_request(format!("model '{model}': {e}")))?;
         let manifest = self.resolver.resolve(&reference).await?;
-        let job_type = if manifest.task == Task::Embeddings { JobType::BatchEmbed } else { JobType::BatchInfer };
+        let job_type = match manifest.task {
+            Task::Embeddings => JobType::BatchEmbed,
+            Task::Generation => JobType::BatchChat,
+            Task::Tensor => JobType::BatchInfer,
+        };
         Ok(Job::queued(
             id.clone(),
             job_type,

@@ -99,6 +99,17 @@ impl JobsService {
                         body.job_type.as_str()
                     )));
                 }
+                let generation = manifest.task == Task::Generation;
+                if body.job_type == JobType::BatchChat && !generation {
+                    return Err(Error::bad_request(format!(
+                        "'model': batch_chat needs a text generation model; '{model}' is not one"
+                    )));
+                }
+                if generation && matches!(body.job_type, JobType::BatchEmbed | JobType::BatchInfer) {
+                    return Err(Error::bad_request(format!(
+                        "'model': '{model}' is a text generation model; batch_chat is the batch job for it"
+                    )));
+                }
                 model.clone()
             }
             (None, JobType::TrainClassifier) => String::new(),
@@ -127,6 +138,9 @@ impl JobsService {
             }
             JobType::TrainClassifier => {
                 lmaas_engine::train::TrainParams::parse(&body.params).map_err(Error::bad_request)?;
+            }
+            JobType::BatchChat => {
+                crate::chat::max_concurrent(&body.params).map_err(Error::bad_request)?;
             }
             _ => {}
         }

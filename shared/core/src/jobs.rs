@@ -63,6 +63,8 @@ pub enum JobType {
     BatchInfer,
     Quantize,
     TrainClassifier,
+    /// Chat answers for a JSONL of conversations, with continuous batching.
+    BatchChat,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -83,6 +85,7 @@ impl JobType {
             JobType::BatchInfer => "batch_infer",
             JobType::Quantize => "quantize",
             JobType::TrainClassifier => "train_classifier",
+            JobType::BatchChat => "batch_chat",
         }
     }
 }

@@ -5,7 +5,9 @@
 
 use lmaas_core::v2::InferRequest;
 use lmaas_core::{Limits, Manifest, Tensor};
-use lmaas_engine::{EmbeddingConfig, EmbeddingInput, LoadedModel};
+use lmaas_engine::{
+    EmbeddingConfig, EmbeddingInput, FinishReason, GenerateParams, Generated, GenerationConfig, LoadedModel,
+};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -94,6 +96,81 @@ fn parse_object(line: &InputLine) -> Result<(Value, serde_json::Map<String, Valu
         None => return Err((Value::Null, "'id' is missing".into())),
     };
     Ok((id, object))
+}
+
+/// `{"id", "messages": [...], "max_tokens"?, "temperature"?, "top_p"?, "top_k"?, "seed"?, "stop"?}`
+/// (a chat request without `model`) → `{"id", "message": {"role": "assistant", "content"},
+/// "finish_reason", "usage"}`. Conversations run with continuous batching, `max_active` at a time.
+/// Sampling without a `seed` is seeded with the line number, so a retried chunk writes the same
+/// bytes.
+pub fn chat_chunk(
+    model: &LoadedModel,
+    config: &GenerationConfig,
+    model_name: &str,
+    lines: &[InputLine],
+    max_active: usize,
+) -> Result<ChunkOutput, lmaas_engine::EngineError> {
+    let prepared: Vec<Result<(Value, (Vec<u32>, GenerateParams)), (Value, String)>> = lines
+        .iter()
+        .map(|line| {
+            let (id, object) = parse_object(line)?;
+            let mut request =
+                lmaas_api::chat::CompletionRequest::parse_batch_line(&Value::Object(object).to_string(), model_name)
+                    .map_err(|e| (id.clone(), e.to_string()))?;
+            request.sampling.seed.get_or_insert(line.number);
+            let prepared =
+                lmaas_api::chat::prepare_prompt(model, config, &request).map_err(|e| (id.clone(), e.to_string()))?;
+            Ok((id, prepared))
+        })
+        .collect();
+    let valid: Vec<usize> = (0..prepared.len()).filter(|&i| prepared[i].is_ok()).collect();
+    let items: Vec<(Vec<u32>, GenerateParams)> =
+        valid.iter().filter_map(|&i| prepared[i].as_ref().ok().map(|(_, item)| item.clone())).collect();
+    let mut answers: Vec<Option<Result<Generated, String>>> = vec![None; lines.len()];
+    model.generate_many(&items, config, max_active, |k, result| {
+        answers[valid[k]] = Some(result.map_err(|e| e.to_string()));
+        std::ops::ControlFlow::Continue(())
+    })?;
+    let mut output = ChunkOutput::default();
+    for (i, (line, outcome)) in lines.iter().zip(prepared).enumerate() {
+        match (outcome, answers[i].take()) {
+            (Err((id, error)), _) => output.push_error(&id, line.number, &error),
+            (Ok((id, _)), Some(Ok(answer))) => output.push(&ChatLine {
+                id: &id,
+                message: ChatAnswer { role: "assistant", content: &answer.text },
+                finish_reason: answer.finish_reason,
+                usage: Usage {
+                    prompt_tokens: answer.prompt_tokens,
+                    completion_tokens: answer.tokens.len(),
+                    total_tokens: answer.prompt_tokens + answer.tokens.len(),
+                },
+            }),
+            (Ok((id, _)), Some(Err(error))) => output.push_error(&id, line.number, &error),
+            (Ok((id, _)), None) => output.push_error(&id, line.number, "no answer was generated"),
+        }
+    }
+    Ok(output)
+}
+
+#[derive(Serialize)]
+struct ChatLine<'a> {
+    id: &'a Value,
+    message: ChatAnswer<'a>,
+    finish_reason: FinishReason,
+    usage: Usage,
+}
+
+#[derive(Serialize)]
+struct ChatAnswer<'a> {
+    role: &'static str,
+    content: &'a str,
+}
+
+#[derive(Serialize)]
+struct Usage {
+    prompt_tokens: usize,
+    completion_tokens: usize,
+    total_tokens: usize,
 }
 
 /// `{"id", "input": "text"}` → `{"id", "embedding": [...]}`.

@@ -16,12 +16,12 @@ use lmaas_core::jobs::{split_s3_uri, Job, JobId, JobStatus, JobStore, JobType};
 use lmaas_core::manifest::Task;
 use lmaas_core::metrics as metric;
 use lmaas_core::{Error, Limits, ModelRef, ModelResolver, RegistryStore};
-use lmaas_engine::{EmbeddingConfig, LoadedModel, ModelCache};
+use lmaas_engine::{EmbeddingConfig, GenerationConfig, LoadedModel, ModelCache};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::chunk::{embed_chunk, infer_chunk, BatchBudget, ChunkOutput, InputLine};
+use crate::chunk::{chat_chunk, embed_chunk, infer_chunk, BatchBudget, ChunkOutput, InputLine};
 
 /// Lines per chunk unless the job's `params.chunk_items` says otherwise. A chunk is the unit of
 /// checkpointing, progress and cancellation: small enough to finish inside a SIGTERM grace
@@ -90,6 +90,8 @@ struct BatchModel {
     loaded: Arc<LoadedModel>,
     manifest: Arc<lmaas_core::Manifest>,
     embeddings: Option<EmbeddingConfig>,
+    /// batch_chat: the model's generation config and the sequences decoded together.
+    generation: Option<(GenerationConfig, usize)>,
 }
 
 pub struct JobRunner {
@@ -241,13 +243,13 @@ impl JobRunner {
     async fn execute(&self, job: &Job, stop: &CancellationToken) -> Result<Value, Stop> {
         let job_type = job.job_type.as_str();
         match job.job_type {
-            JobType::BatchEmbed | JobType::BatchInfer => {}
+            JobType::BatchEmbed | JobType::BatchInfer | JobType::BatchChat => {}
             JobType::Quantize => return self.quantize(job).await,
             JobType::TrainClassifier => return self.train_classifier(job).await,
         }
         let input_key = self.key_in_bucket(&job.input, "input")?;
         let output_prefix = self.key_in_bucket(&job.output, "output")?;
-        let chunk_items = job.params["chunk_items"].as_u64().unwrap_or(DEFAULT_CHUNK_ITEMS);
+        let chunk_items = job.params["chunk_items"].as_u64().unwrap_or(default_chunk_items(job.job_type));
         if !(1..=MAX_CHUNK_ITEMS).contains(&chunk_items) {
             return Err(Stop::Invalid(format!("params.chunk_items must be 1 to {MAX_CHUNK_ITEMS}")));
         }
@@ -340,20 +342,47 @@ impl JobRunner {
             }
             _ => None,
         };
+        let generation = match (job.job_type, manifest.task) {
+            (JobType::BatchChat, Task::Generation) => {
+                let config = GenerationConfig::from_manifest_config(&manifest.config)
+                    .map_err(|e| {
+                        Stop::Invalid(format!("model {} has an invalid generation config: {e}", manifest.name))
+                    })?
+                    .ok_or_else(|| Stop::Invalid(format!("model {} has no generation config", manifest.name)))?;
+                let max_concurrent = lmaas_api::chat::max_concurrent(&job.params).map_err(Stop::Invalid)?;
+                Some((config, max_concurrent))
+            }
+            (JobType::BatchChat, _) => {
+                return Err(Stop::Invalid(format!(
+                    "batch_chat needs a text generation model; {} is not one",
+                    job.model
+                )))
+            }
+            _ => None,
+        };
         let loaded = self.cache.get(&manifest).await.map_err(|e| Stop::Transient(format!("loading the model: {e}")))?;
-        Ok(BatchModel { reference: format!("{}:{}", manifest.name, manifest.version), loaded, manifest, embeddings })
+        Ok(BatchModel {
+            reference: format!("{}:{}", manifest.name, manifest.version),
+            loaded,
+            manifest,
+            embeddings,
+            generation,
+        })
     }
 
     /// Runs a chunk on a blocking thread (ONNX Runtime's own threads do the parallel work).
     async fn process(&self, model: &BatchModel, lines: Vec<InputLine>) -> Result<ChunkOutput, Stop> {
         let (loaded, manifest, embeddings) = (model.loaded.clone(), model.manifest.clone(), model.embeddings.clone());
         let (budget, limits) = (self.budget, self.limits.for_model(&model.manifest.config));
-        tokio::task::spawn_blocking(move || match &embeddings {
-            Some(config) => embed_chunk(&loaded, config, &lines, budget),
-            None => infer_chunk(&loaded, &manifest, &limits, &lines),
+        let (generation, reference) = (model.generation.clone(), model.reference.clone());
+        tokio::task::spawn_blocking(move || match (&embeddings, &generation) {
+            (Some(config), _) => Ok(embed_chunk(&loaded, config, &lines, budget)),
+            (None, Some((config, max_active))) => chat_chunk(&loaded, config, &reference, &lines, *max_active)
+                .map_err(|e| Stop::Transient(format!("generating answers: {e}"))),
+            (None, None) => Ok(infer_chunk(&loaded, &manifest, &limits, &lines)),
         })
         .await
-        .map_err(|e| Stop::Transient(format!("the chunk's task failed: {e}")))
+        .map_err(|e| Stop::Transient(format!("the chunk's task failed: {e}")))?
     }
 
     /// Counts the input's non-blank lines (a streaming pass: the total for progress).
@@ -392,9 +421,9 @@ impl JobRunner {
                 job.error = None;
                 // Chunk boundaries must not move between attempts: pin them in the record.
                 if let Value::Object(params) = &mut job.params {
-                    params.entry("chunk_items").or_insert(Value::from(DEFAULT_CHUNK_ITEMS));
+                    params.entry("chunk_items").or_insert(Value::from(default_chunk_items(job.job_type)));
                 } else {
-                    job.params = json!({ "chunk_items": DEFAULT_CHUNK_ITEMS });
+                    job.params = json!({ "chunk_items": default_chunk_items(job.job_type) });
                 }
             }
             if self.jobs.update(&job, &revision).await.map_err(|e| e.to_string())? {
@@ -427,6 +456,16 @@ enum Claim {
     Run(Box<Job>),
     Finished(JobStatus),
     Missing,
+}
+
+/// Items per chunk unless the job says: conversations take seconds each, so their chunks (the
+/// unit of progress and of resumption) are smaller.
+fn default_chunk_items(job_type: JobType) -> u64 {
+    if job_type == JobType::BatchChat {
+        16
+    } else {
+        DEFAULT_CHUNK_ITEMS
+    }
 }
 
 fn finish(job: &mut Job, status: JobStatus, error: Option<String>) {
