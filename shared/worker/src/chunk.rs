@@ -110,7 +110,7 @@ pub fn chat_chunk(
     lines: &[InputLine],
     max_active: usize,
 ) -> Result<ChunkOutput, lmaas_engine::EngineError> {
-    let prepared: Vec<Result<(Value, (Vec<u32>, GenerateParams)), (Value, String)>> = lines
+    let prepared: Vec<Result<(Value, ChatItem), (Value, String)>> = lines
         .iter()
         .map(|line| {
             let (id, object) = parse_object(line)?;
@@ -124,7 +124,7 @@ pub fn chat_chunk(
         })
         .collect();
     let valid: Vec<usize> = (0..prepared.len()).filter(|&i| prepared[i].is_ok()).collect();
-    let items: Vec<(Vec<u32>, GenerateParams)> =
+    let items: Vec<ChatItem> =
         valid.iter().filter_map(|&i| prepared[i].as_ref().ok().map(|(_, item)| item.clone())).collect();
     let mut answers: Vec<Option<Result<Generated, String>>> = vec![None; lines.len()];
     model.generate_many(&items, config, max_active, |k, result| {
@@ -151,6 +151,9 @@ pub fn chat_chunk(
     }
     Ok(output)
 }
+
+/// A conversation ready to generate: its prompt tokens and parameters.
+type ChatItem = (Vec<u32>, GenerateParams);
 
 #[derive(Serialize)]
 struct ChatLine<'a> {
