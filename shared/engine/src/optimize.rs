@@ -310,8 +310,22 @@ pub fn quantize_model(
     // highest-energy channels and weight rounding errors by energy.
     let conditioning = request.smoothing != Smoothing::Off || request.outlier_channels > 0;
     if conditioning || matches!(request.scheme, Scheme::Int4 { .. }) {
-        if let Probe::Embeddings { calibration, .. } = &probe {
-            options.activation_stats = activation_stats(&model, &candidates, &work, calibration)?;
+        match &probe {
+            Probe::Embeddings { calibration, .. } => {
+                options.activation_stats = activation_stats(&model, &candidates, &work, |loaded| {
+                    calibration
+                        .iter()
+                        .map(|s| Ok(loaded.token_tensors(&EmbeddingInput::Texts(vec![s.clone()]), 256)?.tensors))
+                        .collect()
+                })?;
+            }
+            Probe::Generation { calibration, .. } => {
+                let (inputs, _) = source.signature().map_err(EngineError::Run)?;
+                options.activation_stats = activation_stats(&model, &candidates, &work, |_| {
+                    Ok(calibration.iter().map(|prompt| prefill_tensors(&inputs, prompt)).collect())
+                })?;
+            }
+            Probe::Tensors { .. } => {}
         }
     }
     step("measured activation statistics")?;
@@ -601,14 +615,14 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
     dot / (na * nb).max(1e-12)
 }
 
-/// Per-channel max |x| and mean x² of each MatMul activation over the calibration sentences (one
+/// Per-channel max |x| and mean x² of each MatMul activation over the calibration inputs (one
 /// at a time, so padding never counts): the model is re-exported with those tensors as extra
-/// outputs.
+/// outputs. `inputs` makes the input sets from the re-exported model (its tokenizer).
 fn activation_stats(
     model: &ModelProto,
     candidates: &[Candidate],
     work: &Path,
-    sentences: &[String],
+    inputs: impl Fn(&LoadedModel) -> Result<Vec<Vec<Tensor>>, EngineError>,
 ) -> Result<HashMap<String, ChannelStats>, EngineError> {
     let names: BTreeSet<String> =
         candidates.iter().filter(|c| c.op != "Gather").map(|c| c.activation.clone()).collect();
@@ -630,8 +644,7 @@ fn activation_stats(
     let loaded = write_and_load(&probe, work)?;
     drop(probe);
     let mut stats: HashMap<String, (ChannelStats, usize)> = HashMap::new();
-    for sentence in sentences {
-        let tensors = loaded.token_tensors(&EmbeddingInput::Texts(vec![sentence.clone()]), 256)?.tensors;
+    for tensors in inputs(&loaded)? {
         for (name, tensor) in names.iter().zip(loaded.run(&tensors, &names)?) {
             let channels = *tensor.shape.last().unwrap_or(&1);
             let values = tensor_floats(&tensor);
@@ -654,6 +667,37 @@ fn activation_stats(
             (name, s)
         })
         .collect())
+}
+
+/// A decoder's inputs for reading a whole prompt with an empty KV cache.
+fn prefill_tensors(inputs: &[lmaas_core::TensorSpec], prompt: &[u32]) -> Vec<Tensor> {
+    let raw = |name: &str, datatype, shape: Vec<usize>, bytes: Vec<u8>| Tensor {
+        name: name.to_string(),
+        datatype,
+        shape,
+        data: TensorData::Raw(bytes),
+    };
+    inputs
+        .iter()
+        .map(|spec| match spec.name.as_str() {
+            "input_ids" => raw(
+                &spec.name,
+                DataType::Int64,
+                vec![1, prompt.len()],
+                prompt.iter().flat_map(|&t| (t as i64).to_le_bytes()).collect(),
+            ),
+            "seqlens_k" => raw(&spec.name, DataType::Int32, vec![1], (prompt.len() as i32 - 1).to_le_bytes().to_vec()),
+            "total_sequence_length" => {
+                raw(&spec.name, DataType::Int32, vec![], (prompt.len() as i32).to_le_bytes().to_vec())
+            }
+            // past_key_values.*: [batch 1, kv_heads, 0 past tokens, head_dim]
+            _ => {
+                let shape =
+                    spec.shape.iter().enumerate().map(|(i, &d)| if i == 0 { 1 } else { d.max(0) as usize }).collect();
+                raw(&spec.name, spec.datatype, shape, vec![])
+            }
+        })
+        .collect()
 }
 
 /// Writes `model` as `work/model.onnx` and loads it (the tokenizer beside it).

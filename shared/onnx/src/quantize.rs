@@ -159,8 +159,8 @@ pub fn quantize(model: &ModelProto, options: &QuantizeOptions) -> Result<Quantiz
             options.min_elements
         )));
     }
-    // Rotary cos/sin caches stay exact: an int8 angle table turns every query and key slightly
-    // wrong at every position (SmolLM2's perplexity rose 10% from that alone).
+    // Rotary cos/sin caches stay exact: they are small, and an int8 angle table would turn every
+    // query and key slightly at every position for no real saving.
     let rotary_caches: BTreeSet<&str> = model
         .graph
         .iter()
