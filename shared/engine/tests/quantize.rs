@@ -1,6 +1,7 @@
 //! The quantizer on the real MiniLM sample through ONNX Runtime, against the quality targets:
 //! int8 mean cosine ≥ 0.995 and min ≥ 0.99 at ≤ 24 MB; int4 ≤ 0.2× the size with mean ≥ 0.98.
 //! (The evaluation sentences are disjoint from the calibration sentences.)
+//! And the int4 SmolLM2 decoder against llama.cpp's own 4-bit build of the same weights (Q4_1).
 
 use std::path::{Path, PathBuf};
 
@@ -55,4 +56,27 @@ fn int4_minilm_meets_the_quality_and_size_targets() {
 fn a_model_with_nothing_to_quantize_says_so() {
     let error = quantize(&sample("mlp"), Scheme::Int8).unwrap_err();
     assert!(error.contains("nothing to quantize"), "{error}");
+}
+
+#[test]
+fn int4_smollm2_keeps_the_perplexity_of_llama_cpps_own_q4_1() {
+    let (report, out) = quantize(&sample("smollm2"), Scheme::Int4 { block_size: 32, symmetric: false }).unwrap();
+    eprintln!("{}", serde_json::to_string(&report).unwrap());
+    let generation = report.generation.as_ref().expect("a decoder is measured by generation");
+    assert!(report.size_ratio <= 0.2, "{}", report.size_ratio);
+    assert!(generation.quantized_perplexity / generation.source_perplexity <= 1.10, "{generation:?}");
+    // On llama_reference.py's text, against llama.cpp on the GGUF as shipped (Q4_1).
+    let reference: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../samples/fixtures/smollm2_reference.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let tokens: Vec<u32> = serde_json::from_value(reference["q4_1"]["perplexity"]["tokens"].clone()).unwrap();
+    let llama_cpp = reference["q4_1"]["perplexity"]["value"].as_f64().unwrap();
+    let model =
+        lmaas_engine::LoadedModel::load(&out.path().join("model.onnx"), &lmaas_engine::ExecutionProviders::cpu(), 0)
+            .unwrap();
+    let ours = model.perplexity(&tokens).unwrap();
+    eprintln!("perplexity: lmaas int4 {ours:.3}, llama.cpp Q4_1 {llama_cpp:.3}");
+    assert!(ours <= llama_cpp * 1.02, "{ours} vs {llama_cpp}");
 }
