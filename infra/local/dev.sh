@@ -111,8 +111,10 @@ chmod 600 "$env_file.tmp"
 mv "$env_file.tmp" "$env_file"
 
 log "starting cargo lambda watch on 127.0.0.1:$port"
-# --timeout: a queued request waits for the one ahead (a first load of minilm takes seconds).
-cargo lambda watch -A 127.0.0.1 -P "$port" --ignore-changes --timeout 60 --env-file "$env_file" > "$state/watch.log" 2>&1 &
+# No --timeout: cargo lambda applies it to every route, the functions' own long poll for their
+# next invocation included, so an idle function gets a bare 408 after that long, lambda_runtime
+# panics on the missing request id, and the function is gone until the stack restarts.
+cargo lambda watch -A 127.0.0.1 -P "$port" --ignore-changes --env-file "$env_file" > "$state/watch.log" 2>&1 &
 pids+=($!)
 wait_for "http://127.0.0.1:$port/v2/health/live" 300 "cargo lambda watch"
 log "registering the sample models through the registry API (lmaas push)"
