@@ -18,16 +18,30 @@ use sha2::{Digest, Sha256};
 
 /// A request as `token` (none: no Authorization header); the status and the JSON body.
 async fn call(method: reqwest::Method, path: &str, token: Option<&str>, body: Option<&Value>) -> (StatusCode, Value) {
-    let mut request = client().request(method, format!("{}{path}", stack().url));
-    if let Some(token) = token {
-        request = request.bearer_auth(token);
+    let send = || {
+        let mut request = client().request(method.clone(), format!("{}{path}", stack().url));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        async move {
+            let response = request.send().await.expect("request");
+            let status = response.status();
+            (status, response.json::<Value>().await.expect("a JSON body"))
+        }
+    };
+    let (status, body) = send().await;
+    // cargo lambda's emulator, not a function, answers this problem document when it loses an
+    // invocation under concurrent load (seen once in a full run here; no function logged a 500).
+    // Our functions never answer 500 in that shape, so a read-only request is sent once more.
+    let idempotent = method == reqwest::Method::GET || path.ends_with("/infer");
+    if idempotent && status == StatusCode::INTERNAL_SERVER_ERROR && body["type"] == "https://httpstatuses.com/500" {
+        eprintln!("{path}: the emulator lost the invocation ({body}); sending it again");
+        return send().await;
     }
-    if let Some(body) = body {
-        request = request.json(body);
-    }
-    let response = request.send().await.expect("request");
-    let status = response.status();
-    (status, response.json().await.expect("a JSON body"))
+    (status, body)
 }
 
 async fn infer(path: &str, body: &Value) -> (StatusCode, Value) {
