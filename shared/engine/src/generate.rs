@@ -234,12 +234,29 @@ impl LoadedModel {
         .map_err(internal)?;
         let seqlens = OrtTensor::<i32>::from_array(([1usize], vec![total as i32 - 1])).map_err(internal)?;
         let total_length = OrtTensor::<i32>::from_array((Vec::<usize>::new(), vec![total as i32])).map_err(internal)?;
+        let (cache, logits) =
+            self.run_decoder(layout, ids.into_dyn(), seqlens.into_dyn(), total_length.into_dyn(), &mut sequence.cache)?;
+        sequence.cache = cache;
+        sequence.length = total;
+        Ok(logits)
+    }
+
+    /// One decoder run: the step's inputs and the past cache (taken) in, the present cache and
+    /// the logits of every row out. Shared by single and batched decoding.
+    fn run_decoder(
+        &self,
+        layout: &KvLayout,
+        ids: DynValue,
+        seqlens: DynValue,
+        total_length: DynValue,
+        past: &mut Vec<DynValue>,
+    ) -> Result<(Vec<DynValue>, Vec<f32>), EngineError> {
         let mut inputs: Vec<(std::borrow::Cow<'_, str>, SessionInputValue<'_>)> =
             Vec::with_capacity(3 + layout.past.len());
-        inputs.push(("input_ids".into(), ids.into_dyn().into()));
-        inputs.push(("seqlens_k".into(), seqlens.into_dyn().into()));
-        inputs.push(("total_sequence_length".into(), total_length.into_dyn().into()));
-        for (name, value) in layout.past.iter().zip(sequence.cache.drain(..)) {
+        inputs.push(("input_ids".into(), ids.into()));
+        inputs.push(("seqlens_k".into(), seqlens.into()));
+        inputs.push(("total_sequence_length".into(), total_length.into()));
+        for (name, value) in layout.past.iter().zip(past.drain(..)) {
             inputs.push((name.as_str().into(), value.into()));
         }
         let mut session = self.session()?;
@@ -249,16 +266,15 @@ impl LoadedModel {
             .record(started.elapsed().as_secs_f64());
         let mut outputs = result.map_err(|e| EngineError::Run(e.to_string()))?;
         let missing = |name: &str| EngineError::Internal(format!("ONNX Runtime returned no output '{name}'"));
-        sequence.cache = layout
+        let present = layout
             .present
             .iter()
             .map(|name| outputs.remove(name.as_str()).ok_or_else(|| missing(name)))
             .collect::<Result<_, _>>()?;
-        sequence.length = total;
         let logits = outputs.remove("logits").ok_or_else(|| missing("logits"))?;
         let (_, logits) =
             logits.try_extract_tensor::<f32>().map_err(|e| EngineError::Internal(format!("reading logits: {e}")))?;
-        Ok(logits.to_vec())
+        Ok((present, logits.to_vec()))
     }
 
     /// Generates from `prompt` (token ids) until an end token, a stop sequence or `max_tokens`.
@@ -403,32 +419,12 @@ impl LoadedModel {
                 .map_err(internal)?;
         let total =
             OrtTensor::<i32>::from_array((Vec::<usize>::new(), vec![batch.buffer as i32 + 1])).map_err(internal)?;
-        let mut inputs: Vec<(std::borrow::Cow<'_, str>, SessionInputValue<'_>)> =
-            Vec::with_capacity(3 + layout.past.len());
-        inputs.push(("input_ids".into(), ids.into_dyn().into()));
-        inputs.push(("seqlens_k".into(), seqlens.into_dyn().into()));
-        inputs.push(("total_sequence_length".into(), total.into_dyn().into()));
-        for (name, value) in layout.past.iter().zip(batch.cache.drain(..)) {
-            inputs.push((name.as_str().into(), value.into()));
-        }
-        let mut session = self.session()?;
-        let started = std::time::Instant::now();
-        let result = session.run(inputs);
-        metrics::histogram!(lmaas_core::metrics::INFERENCE_DURATION, self.metric_labels())
-            .record(started.elapsed().as_secs_f64());
-        let mut outputs = result.map_err(|e| EngineError::Run(e.to_string()))?;
-        let missing = |name: &str| EngineError::Internal(format!("ONNX Runtime returned no output '{name}'"));
-        batch.cache = layout
-            .present
-            .iter()
-            .map(|name| outputs.remove(name.as_str()).ok_or_else(|| missing(name)))
-            .collect::<Result<_, _>>()?;
+        let (cache, logits) =
+            self.run_decoder(layout, ids.into_dyn(), seqlens.into_dyn(), total.into_dyn(), &mut batch.cache)?;
+        batch.cache = cache;
         batch.buffer += 1;
         batch.lengths.iter_mut().for_each(|l| *l += 1);
-        let logits = outputs.remove("logits").ok_or_else(|| missing("logits"))?;
-        let (_, logits) =
-            logits.try_extract_tensor::<f32>().map_err(|e| EngineError::Internal(format!("reading logits: {e}")))?;
-        Ok(logits.to_vec())
+        Ok(logits)
     }
 
     /// Perplexity of `tokens` (exp of the mean negative log-likelihood of each token after the
