@@ -6,20 +6,7 @@ use serde_json::{json, Value};
 
 #[tokio::test]
 async fn the_official_openai_client_chats_and_streams_like_llama_cpp() {
-    let s = stack();
-    let output = std::process::Command::new(lmaas_tests::root().join(".lmaas/venv/bin/python"))
-        .arg(lmaas_tests::root().join("tests/openai_chat.py"))
-        .env("LMAAS_URL", &s.url)
-        .env("LMAAS_TOKEN", s.admin_token())
-        .env("LMAAS_ROOT", lmaas_tests::root())
-        .output()
-        .expect("running tests/openai_chat.py");
-    assert!(
-        output.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    stack().python_client("openai_chat.py", &[("LMAAS_ROOT", lmaas_tests::root())]);
 }
 
 #[tokio::test]

@@ -113,6 +113,24 @@ impl Stack {
         String::from_utf8(output.stdout).expect("UTF-8 output")
     }
 
+    /// Runs a Python client script from tests/ (with `.lmaas/venv`, where setup installed the
+    /// `openai` package) against the stack as the dev admin; it fails the test if the script fails.
+    pub fn python_client(&self, script: &str, env: &[(&str, PathBuf)]) {
+        let output = Command::new(root().join(".lmaas/venv/bin/python"))
+            .arg(root().join("tests").join(script))
+            .env("LMAAS_URL", &self.url)
+            .env("LMAAS_TOKEN", self.admin_token())
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .output()
+            .unwrap_or_else(|e| panic!("running tests/{script}: {e}"));
+        assert!(
+            output.status.success(),
+            "{}\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
     /// A new API key from `lmaas keys create`.
     pub fn create_key(&self, tenant: &str, principal: &str, scopes: &str, expires: Option<&str>) -> String {
         let mut args = vec!["keys", "create", "--tenant", tenant, "--principal", principal, "--scopes", scopes];

@@ -219,20 +219,7 @@ async fn declarations_are_checked_before_anything_is_stored() {
 
 #[tokio::test]
 async fn the_official_openai_client_gets_embeddings_equal_to_onnx_runtime() {
-    let s = stack();
-    let output = std::process::Command::new(lmaas_tests::root().join(".lmaas/venv/bin/python"))
-        .arg(lmaas_tests::root().join("tests/openai_client.py"))
-        .env("LMAAS_URL", &s.url)
-        .env("LMAAS_TOKEN", s.admin_token())
-        .env("LMAAS_SAMPLES", lmaas_tests::root().join(".lmaas/samples"))
-        .output()
-        .expect("running tests/openai_client.py");
-    assert!(
-        output.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    stack().python_client("openai_client.py", &[("LMAAS_SAMPLES", lmaas_tests::root().join(".lmaas/samples"))]);
 }
 
 #[tokio::test]
