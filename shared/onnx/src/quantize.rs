@@ -3,9 +3,9 @@
 //! - **int8 dynamic**: `MatMul`/`Gemm` with a constant weight become com.microsoft
 //!   `MatMulIntegerToFloat` after one `DynamicQuantizeLinear` per activation (quantized per run,
 //!   shared by every MatMul reading it), weights int8 with one scale per output column (stored
-//!   as uint8 around zero point 128, see `insert_int8_weight`), the following bias `Add` folded in. Large `Gather` tables (embeddings) are
-//!   stored int8 with one scale per row and dequantized after the gather, so only the gathered
-//!   rows are ever turned back into floats.
+//!   as uint8 around zero point 128, see `insert_int8_weight`), the following bias `Add` folded
+//!   in. Large `Gather` tables (embeddings) are stored int8 with one scale per row and
+//!   dequantized after the gather, so only the gathered rows are ever turned back into floats.
 //! - **int4 weight-only**: `MatMul`/`Gemm` become com.microsoft `MatMulNBits` (blocks of 32, 64 or
 //!   128 along K, symmetric or with zero points); Gather tables become `GatherBlockQuantized`.
 //!
@@ -589,8 +589,9 @@ fn best_symmetric_scale(
 /// 128 (`{name}_zero_point`), so ONNX Runtime multiplies uint8 activations by uint8 weights. Its
 /// uint8 × int8 kernel on x86 without VNNI (AVX2 only: AMD Zen 2/3, older Xeons, Lambda hosts
 /// among them) adds pairs of products in 16 bits and saturates: MiniLM int8's mean cosine fell
-/// to 0.994 (min 0.975) on an AVX2-only EPYC, against 0.998 (min 0.991) on an AVX-512 VNNI Xeon. The
-/// uint8 × uint8 kernels widen first and are exact on every CPU. Returns (codes, zero point).
+/// to 0.994 (min 0.975) on an AVX2-only EPYC, against 0.998 (min 0.991) on an AVX-512 VNNI
+/// Xeon. The uint8 × uint8 kernels widen first and are exact on every CPU. Returns (codes, zero
+/// point).
 fn insert_int8_weight(
     inits: &mut HashMap<String, TensorProto>,
     name: &str,
