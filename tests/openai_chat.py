@@ -34,7 +34,8 @@ def streamed(client, **request):
 
 
 def main() -> None:
-    client = openai.OpenAI(base_url=os.environ["LMAAS_URL"] + "/v1", api_key=os.environ["LMAAS_TOKEN"], max_retries=0,
+    # The client's own retries, as in openai_client.py: the emulator now and then loses an invocation.
+    client = openai.OpenAI(base_url=os.environ["LMAAS_URL"] + "/v1", api_key=os.environ["LMAAS_TOKEN"], max_retries=2,
                            timeout=120)
     reference = json.load(open(os.path.join(os.environ["LMAAS_ROOT"], "samples/fixtures/smollm2_reference.json")))
     for case in reference["f32"]["cases"][:3]:

@@ -41,7 +41,10 @@ def check(condition: bool, message: str) -> None:
 
 
 def main() -> None:
-    client = openai.OpenAI(base_url=os.environ["LMAAS_URL"] + "/v1", api_key=os.environ["LMAAS_TOKEN"], max_retries=0)
+    # A timeout and the client's own retries, as a user runs it: cargo lambda's emulator now and
+    # then loses an invocation (the function never sees it), which would otherwise hang 10 minutes.
+    client = openai.OpenAI(base_url=os.environ["LMAAS_URL"] + "/v1", api_key=os.environ["LMAAS_TOKEN"], max_retries=2,
+                           timeout=60)
     expected = reference(os.path.join(os.environ["LMAAS_SAMPLES"], "minilm"), SENTENCES)
 
     # The client asks for base64 by default and decodes it; also ask for floats explicitly.
