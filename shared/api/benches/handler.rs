@@ -85,12 +85,26 @@ fn main() {
             }
         }
     }
+    noise_floor();
     embeddings_table(&runtime);
     if std::env::var_os("AWS_ENDPOINT_URL").is_some() && std::env::var_os("LMAAS_BUCKET").is_some() {
         cold_start_table();
     } else {
         println!("\ncold start: skipped (set AWS_ENDPOINT_URL and LMAAS_BUCKET; `make bench` does)");
     }
+}
+
+/// The same raw `session.run` on both sides of the alternation: how far apart two identical
+/// sides land on this machine in this run, to read the ratios above against.
+fn noise_floor() {
+    let raw = std::cell::RefCell::new(raw_session("minilm-int8"));
+    let inputs = inputs("minilm-int8", 1);
+    let run = || {
+        std::hint::black_box(run_raw(&mut raw.borrow_mut(), &inputs));
+    };
+    let (a, b) = interleaved(run, run);
+    let ratio = pct(&b, 50.0).as_secs_f64() / pct(&a, 50.0).as_secs_f64();
+    println!("noise floor: raw vs the same raw, minilm-int8 batch 1: p50 x {ratio:.3}");
 }
 
 /// Alternates the two sides in small blocks so drift on a shared machine hits both alike.
