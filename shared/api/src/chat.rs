@@ -15,6 +15,7 @@ use lmaas_engine::{ChatMessage, FinishReason, GenerateParams, GenerationConfig, 
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::blocking::run_blocking;
 use crate::context::{serve, Call};
 use crate::reply::Reply;
 use crate::response::json;
@@ -371,9 +372,8 @@ impl ChatService {
             .ok_or_else(|| Error::Internal(format!("model {} has no generation config", manifest.name)))?;
         let loaded = self.cache.get(&manifest).await?;
         let (tokenizer, asked, generation) = (loaded.clone(), request.clone(), config.clone());
-        let (prompt, params) = tokio::task::spawn_blocking(move || prepare_prompt(&tokenizer, &generation, &asked))
-            .await
-            .map_err(|e| Error::Internal(format!("tokenization task failed: {e}")))??;
+        let (prompt, params) =
+            run_blocking("tokenization", move || prepare_prompt(&tokenizer, &generation, &asked)).await??;
         Ok(Prepared { request, manifest, loaded, config, prompt, params })
     }
 }

@@ -13,6 +13,7 @@ use lmaas_core::{Error, Limits, ModelRef, ModelResolver, ModelStore};
 use lmaas_engine::{EmbeddingConfig, ModelCache};
 use serde_json::{Map, Value};
 
+use crate::blocking::run_blocking;
 use crate::context::{serve, Call};
 use crate::embeddings::EmbeddingsRequest;
 use crate::response::json;
@@ -105,9 +106,7 @@ impl InferService {
         let loaded = self.cache.get(&manifest).await?;
         let (input, dimensions) = (request.input, request.dimensions);
         // Concurrent requests on one model share session runs (micro-batching).
-        let embeddings = tokio::task::spawn_blocking(move || loaded.embed_batched(input, &config, dimensions))
-            .await
-            .map_err(|e| Error::Internal(format!("embeddings task failed: {e}")))??;
+        let embeddings = run_blocking("embeddings", move || loaded.embed_batched(input, &config, dimensions)).await??;
         Ok(json(StatusCode::OK, &crate::embeddings::response(&request.model_name, &embeddings, request.base64)))
     }
 
@@ -126,9 +125,7 @@ impl InferService {
         let names: Vec<String> = parsed.outputs.iter().map(|o| o.name.clone()).collect();
         let run_model = loaded.clone();
         let inputs = parsed.inputs;
-        let tensors = tokio::task::spawn_blocking(move || run_model.run(&inputs, &names))
-            .await
-            .map_err(|e| Error::Internal(format!("inference task failed: {e}")))??;
+        let tensors = run_blocking("inference", move || run_model.run(&inputs, &names)).await??;
         let outputs: Vec<_> = tensors.into_iter().zip(&parsed.outputs).map(|(t, o)| (t, o.binary)).collect();
         let mut parameters = Map::new();
         parameters.insert("execution_provider".into(), Value::from(loaded.execution_provider().as_str()));

@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod authorizer;
+mod blocking;
 pub mod chat;
 pub mod config;
 pub mod context;
