@@ -14,11 +14,14 @@ pub(crate) async fn run_blocking<T: Send + 'static>(
     what: &str,
     work: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, lmaas_core::Error> {
+    let failed = |e: &dyn std::fmt::Display| lmaas_core::Error::Internal(format!("{what} task failed: {e}"));
     let flavor = Handle::try_current().map(|h| h.runtime_flavor());
     if matches!(flavor, Ok(RuntimeFlavor::MultiThread)) && tokio::task::try_id().is_none() {
-        return Ok(tokio::task::block_in_place(work));
+        // A panic answers 500 here too, as it does from the blocking pool.
+        let work = std::panic::AssertUnwindSafe(|| tokio::task::block_in_place(work));
+        return std::panic::catch_unwind(work).map_err(|_| failed(&"panicked"));
     }
-    tokio::task::spawn_blocking(work).await.map_err(|e| lmaas_core::Error::Internal(format!("{what} task failed: {e}")))
+    tokio::task::spawn_blocking(work).await.map_err(|e| failed(&e))
 }
 
 #[cfg(test)]
@@ -51,9 +54,16 @@ mod tests {
         assert_ne!(ran_on, current().id());
     }
 
-    #[tokio::test]
-    async fn a_panic_in_the_work_is_an_internal_error_naming_it() {
-        let error = run_blocking("inference", || -> () { panic!("boom") }).await.unwrap_err();
-        assert!(error.to_string().contains("inference task failed"), "{error}");
+    #[test]
+    fn a_panic_in_the_work_is_an_internal_error_naming_it_on_either_path() {
+        let panics = || run_blocking("inference", || -> () { panic!("boom") });
+        let inline = multi_thread().block_on(panics()).unwrap_err();
+        let pooled = tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(panics()).unwrap_err();
+        for error in [inline, pooled] {
+            assert!(
+                matches!(&error, lmaas_core::Error::Internal(m) if m.starts_with("inference task failed")),
+                "{error}"
+            );
+        }
     }
 }
