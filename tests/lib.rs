@@ -125,10 +125,21 @@ impl Stack {
             .unwrap_or_else(|e| panic!("running tests/{script}: {e}"));
         assert!(
             output.status.success(),
-            "{}\n{}",
+            "{}\n{}\nfunction processes running: {:?}; their last log lines ({}):\n{}",
             String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
+            String::from_utf8_lossy(&output.stderr),
+            running_functions(),
+            self.state.join("watch.log").display(),
+            self.function_log_tail(60)
         );
+    }
+
+    /// The last `lines` lines the functions logged under `cargo lambda watch`, metrics left out:
+    /// what a failed end-to-end test prints, so that a CI failure explains itself.
+    pub fn function_log_tail(&self, lines: usize) -> String {
+        let log = std::fs::read_to_string(self.state.join("watch.log")).unwrap_or_default();
+        let kept: Vec<&str> = log.lines().filter(|l| !l.starts_with("{\"_aws\"")).collect();
+        kept[kept.len().saturating_sub(lines)..].join("\n")
     }
 
     /// A new API key from `lmaas keys create`.
@@ -160,6 +171,23 @@ impl Stack {
         header.kid = kid.map(str::to_string);
         jsonwebtoken::encode(&header, claims, &encoding).expect("signing")
     }
+}
+
+/// The function binaries running now (`target/debug/<name>` processes): `cargo lambda watch`
+/// never restarts one that exited, so a dead function shows up here as missing.
+pub fn running_functions() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| std::fs::read(entry.path().join("cmdline")).ok())
+        .filter_map(|cmdline| {
+            let program = String::from_utf8_lossy(cmdline.split(|b| *b == 0).next()?).into_owned();
+            Some(program.strip_prefix("target/debug/")?.to_string())
+        })
+        .collect();
+    names.sort();
+    names
 }
 
 pub fn client() -> reqwest::Client {
