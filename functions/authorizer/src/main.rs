@@ -13,9 +13,12 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     let s3 = lmaas_aws::config::s3_client(&lmaas_aws::sdk_config().await);
     let keys = Arc::new(lmaas_aws::S3KeyStore::new(s3, bucket));
     let authenticator = Arc::new(lmaas_api::auth::authenticator(&AuthConfig::from_env()?, keys).await?);
-    lambda_runtime::run(service_fn(move |event: LambdaEvent<AuthorizerEvent>| {
+    lmaas_api::lambda::keep_serving(|| {
         let authenticator = authenticator.clone();
-        async move { Ok::<_, lambda_runtime::Error>(authorize_event(&authenticator, &event.payload).await) }
-    }))
+        lambda_runtime::run(service_fn(move |event: LambdaEvent<AuthorizerEvent>| {
+            let authenticator = authenticator.clone();
+            async move { Ok::<_, lambda_runtime::Error>(authorize_event(&authenticator, &event.payload).await) }
+        }))
+    })
     .await
 }

@@ -63,7 +63,7 @@ where
 /// watch` it is never restarted: every later invocation of the function would wait forever. The
 /// handler's state (warm models) lives in `make_loop`'s captures and survives the restart. After
 /// `MAX_RESTARTS_IN_A_ROW` quick failures the error is returned and the process exits as before.
-async fn keep_serving<Fut>(make_loop: impl Fn() -> Fut) -> Result<(), lambda_http::Error>
+pub async fn keep_serving<Fut>(make_loop: impl Fn() -> Fut) -> Result<(), lambda_http::Error>
 where
     Fut: Future<Output = Result<(), lambda_http::Error>>,
 {

@@ -50,16 +50,19 @@ pub async fn run(config: WorkerConfig) -> Result<(), lambda_runtime::Error> {
         None => QueueSettings::default(),
     };
     let handler = Arc::new(Handler { runner, sqs, queue_url: config.queue_url, settings });
-    lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| {
+    lmaas_api::lambda::keep_serving(|| {
         let handler = handler.clone();
-        async move {
-            let deadline = UNIX_EPOCH + Duration::from_millis(event.context.deadline);
-            lmaas_api::telemetry::count_cold_start();
-            let answer = handler.handle(event.payload, deadline).await;
-            lmaas_api::telemetry::flush_metrics();
-            Ok::<Value, lambda_runtime::Error>(answer)
-        }
-    }))
+        lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| {
+            let handler = handler.clone();
+            async move {
+                let deadline = UNIX_EPOCH + Duration::from_millis(event.context.deadline);
+                lmaas_api::telemetry::count_cold_start();
+                let answer = handler.handle(event.payload, deadline).await;
+                lmaas_api::telemetry::flush_metrics();
+                Ok::<Value, lambda_runtime::Error>(answer)
+            }
+        }))
+    })
     .await
 }
 
