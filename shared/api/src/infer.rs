@@ -51,6 +51,13 @@ impl InferService {
         Ok(InferService::new(store, authenticator, config))
     }
 
+    /// The loaded model a reference resolves to, loaded on first use, as a request would get it
+    /// (the handler bench runs raw `session.run` on it, so both sides share one session).
+    pub async fn loaded_model(&self, reference: &ModelRef) -> Result<Arc<lmaas_engine::LoadedModel>, Error> {
+        let manifest = self.resolver.resolve(reference).await?;
+        self.cache.get(&manifest).await
+    }
+
     /// Loads the `LMAAS_PRELOAD` models (during INIT, so the first request is warm). A model that
     /// fails is logged and left for the first request to retry: one bad model must not take the
     /// function down for the others.

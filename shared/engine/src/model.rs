@@ -178,6 +178,13 @@ impl LoadedModel {
         self.bytes
     }
 
+    /// The ONNX Runtime session itself, locked for `work`: for callers that measure lmaas against
+    /// raw ORT on the very same session (same weights in memory, same thread pool).
+    pub fn with_session<R>(&self, work: impl FnOnce(&mut Session) -> R) -> Result<R, EngineError> {
+        let mut session = self.session.lock().map_err(|_| EngineError::Internal("session lock poisoned".into()))?;
+        Ok(work(&mut session))
+    }
+
     /// Runs the model on `inputs`, computing only the `outputs` named, returned in that order.
     pub fn run(&self, inputs: &[Tensor], outputs: &[String]) -> Result<Vec<Tensor>, EngineError> {
         let values = inputs
