@@ -95,10 +95,9 @@ async fn the_function_keeps_serving_after_the_runtime_api_fails_twice() {
     std::env::set_var("AWS_LAMBDA_FUNCTION_VERSION", "1");
     let polls = Arc::new(AtomicUsize::new(0));
     let (answers, mut answered) = mpsc::channel(8);
-    let api_polls = polls.clone();
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(runtime_api_connection(stream, api_polls.clone(), answers.clone()));
+            tokio::spawn(runtime_api_connection(stream, polls.clone(), answers.clone()));
         }
     });
 
@@ -114,9 +113,9 @@ async fn the_function_keeps_serving_after_the_runtime_api_fails_twice() {
     };
     let (request_line, body) =
         tokio::time::timeout(Duration::from_secs(60), serving).await.expect("an answer to the third invocation");
+    // The answer is for the third poll's invocation (the runtime may already be polling again).
     assert!(request_line.starts_with("POST /2018-06-01/runtime/invocation/invocation-3/response"), "{request_line}");
     let response: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(response["statusCode"], 200, "{response}");
     assert_eq!(response["body"], r#"{"path":"/ping"}"#, "{response}");
-    assert_eq!(polls.load(Ordering::SeqCst), 3, "the answer came from the third poll of /next");
 }
