@@ -2,7 +2,8 @@
 //! with `LMAAS_HTTP_ADDR`) against the BASELINE a user would otherwise write (bench/baseline:
 //! Python ONNX Runtime behind FastAPI/uvicorn), side by side in one run: the same MiniLM model
 //! file, the same request (`POST /v1/embeddings`, one sentence), the same intra-op threads, at
-//! concurrency 1, 4 and 16. The load generator shares the machine's cores with both servers.
+//! concurrency 1, 4 and 16, in windows that alternate the two servers. The load generator shares
+//! the machine's cores with both servers.
 //! Also P3, cold start: process start → first embeddings answer with an empty model cache (the
 //! model in S3 on the emulator), against the floor (loading ONNX Runtime, downloading the files
 //! and creating the session, each measured alone in this process) and against the baseline's
@@ -19,7 +20,11 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 const WARMUP: Duration = Duration::from_secs(2);
+/// Each side's measured time per concurrency, in `ROUNDS` windows that alternate the sides.
 const MEASURE: Duration = Duration::from_secs(10);
+const ROUNDS: u32 = 5;
+/// Unrecorded lead-in of every window: the side coming back from idle wakes its threads first.
+const WINDOW_LEAD_IN: Duration = Duration::from_millis(250);
 const SENTENCE: &str = "A man is eating a piece of bread while the music plays on.";
 
 struct Server {
@@ -60,8 +65,7 @@ fn main() {
         );
         let mut rows = Vec::new();
         for concurrency in [1, 4, 16] {
-            let ours = load(&client, &lmaas, concurrency).await;
-            let theirs = load(&client, &baseline, concurrency).await;
+            let [ours, theirs] = load_side_by_side(&client, [&lmaas, &baseline], concurrency).await;
             rows.push((concurrency, ours.p50_ms, theirs.p50_ms, ours.per_second, theirs.per_second));
             println!(
                 "{concurrency:>5} {:>8.2}ms {:>8.2}ms {:>9.1} {:>8.2}ms {:>8.2}ms {:>9.1} {:>9.2} {:>9.2}",
@@ -297,8 +301,34 @@ struct Load {
     per_second: f64,
 }
 
-/// `concurrency` clients send requests back to back: a warm-up, then the measured window.
-async fn load(client: &reqwest::Client, server: &Server, concurrency: usize) -> Load {
+/// Both servers at `concurrency`: a warm-up each, then `ROUNDS` measured windows per side that
+/// alternate the sides (and which goes first), so drift on a shared machine hits both alike
+/// instead of whichever side ran during a busy spell.
+async fn load_side_by_side(client: &reqwest::Client, servers: [&Server; 2], concurrency: usize) -> [Load; 2] {
+    for server in servers {
+        requests_for(client, server, concurrency, WARMUP).await;
+    }
+    let (mut times, mut busy) = ([Vec::new(), Vec::new()], [Duration::ZERO; 2]);
+    for round in 0..ROUNDS {
+        let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        for side in order {
+            requests_for(client, servers[side], concurrency, WINDOW_LEAD_IN).await;
+            let started = Instant::now();
+            times[side].extend(requests_for(client, servers[side], concurrency, MEASURE / ROUNDS).await);
+            busy[side] += started.elapsed();
+        }
+    }
+    // Throughput over the time the windows really took (their last requests end after them).
+    [0, 1].map(|side| {
+        let times = &mut times[side];
+        times.sort_by(f64::total_cmp);
+        let at = |q: f64| times[((times.len() as f64 * q) as usize).min(times.len() - 1)];
+        Load { p50_ms: at(0.5), p99_ms: at(0.99), per_second: times.len() as f64 / busy[side].as_secs_f64() }
+    })
+}
+
+/// `concurrency` clients send requests back to back for `window`; each request's latency in ms.
+async fn requests_for(client: &reqwest::Client, server: &Server, concurrency: usize, window: Duration) -> Vec<f64> {
     let body = json!({"model": "minilm", "input": SENTENCE}).to_string();
     let url = Arc::new(format!("{}/v1/embeddings", server.url));
     let token = server.token.clone();
@@ -308,7 +338,7 @@ async fn load(client: &reqwest::Client, server: &Server, concurrency: usize) -> 
             let (client, url, body, token) = (client.clone(), url.clone(), body.clone(), token.clone());
             tokio::spawn(async move {
                 let mut times = Vec::new();
-                while started.elapsed() < WARMUP + MEASURE {
+                while started.elapsed() < window {
                     let mut request =
                         client.post(url.as_str()).header("content-type", "application/json").body(body.clone());
                     if let Some(token) = &token {
@@ -318,9 +348,7 @@ async fn load(client: &reqwest::Client, server: &Server, concurrency: usize) -> 
                     let response = request.send().await.expect("a response");
                     assert!(response.status().is_success());
                     response.bytes().await.expect("a body");
-                    if sent.duration_since(started) >= WARMUP {
-                        times.push(sent.elapsed().as_secs_f64() * 1000.0);
-                    }
+                    times.push(sent.elapsed().as_secs_f64() * 1000.0);
                 }
                 times
             })
@@ -330,7 +358,5 @@ async fn load(client: &reqwest::Client, server: &Server, concurrency: usize) -> 
     for task in tasks {
         times.extend(task.await.unwrap());
     }
-    times.sort_by(f64::total_cmp);
-    let at = |q: f64| times[((times.len() as f64 * q) as usize).min(times.len() - 1)];
-    Load { p50_ms: at(0.5), p99_ms: at(0.99), per_second: times.len() as f64 / MEASURE.as_secs_f64() }
+    times
 }
