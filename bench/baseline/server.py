@@ -3,7 +3,7 @@ behind FastAPI/uvicorn, serving OpenAI's POST /v1/embeddings for the same MiniLM
 
 It exists only so `make bench` can compare lmaas's long-running HTTP mode with it side by side.
 It is written to be fair, not slow: one session created at start, intra-op threads = the
-machine's cores and spinning off (lmaas's settings), the Rust `tokenizers` tokenizer, numpy
+machine's cores and intra-op spinning bounded to 100 us (lmaas's settings), the Rust `tokenizers` tokenizer, numpy
 pooling, padding to the longest input, a sync endpoint (FastAPI runs it on its thread pool).
 
 Run: BASELINE_MODEL_DIR=.lmaas/samples/minilm uvicorn server:app --app-dir bench/baseline
@@ -21,7 +21,8 @@ MODEL_DIR = os.environ["BASELINE_MODEL_DIR"]
 options = ort.SessionOptions()
 options.intra_op_num_threads = os.cpu_count() or 1
 options.inter_op_num_threads = 1
-options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+options.add_session_config_entry("session.intra_op.allow_spinning", "1")
+options.add_session_config_entry("session.intra_op.spin_duration_us", "100")
 session = ort.InferenceSession(os.path.join(MODEL_DIR, "model.onnx"), options, providers=["CPUExecutionProvider"])
 tokenizer = Tokenizer.from_file(os.path.join(MODEL_DIR, "tokenizer.json"))
 tokenizer.enable_truncation(128)

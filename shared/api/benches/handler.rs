@@ -296,20 +296,10 @@ fn request_body(inputs: &[(String, Vec<usize>, Data)], binary: bool) -> (Vec<u8>
     (body, binary.then_some(length))
 }
 
-/// The baseline gets the same session options as lmaas's sessions (threads, no spinning).
+/// A raw session with the same session options as lmaas's sessions.
 fn raw_session(model: &str) -> Session {
     let runtime = Runtime::get().expect("ONNX Runtime");
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    Session::builder(runtime.environment())
-        .unwrap()
-        .with_intra_threads(threads)
-        .unwrap()
-        .with_inter_threads(1)
-        .unwrap()
-        .with_intra_op_spinning(false)
-        .unwrap()
-        .commit_from_file(sample_dir(model).join("model.onnx"))
-        .unwrap()
+    runtime.session_builder().unwrap().commit_from_file(sample_dir(model).join("model.onnx")).unwrap()
 }
 
 fn run_raw(session: &mut Session, inputs: &[(String, Vec<usize>, Data)]) -> Vec<f32> {

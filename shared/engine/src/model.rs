@@ -51,13 +51,7 @@ impl LoadedModel {
         let runtime = Runtime::get()?;
         let load_error =
             |e: &dyn std::fmt::Display| EngineError::Load(format!("ONNX Runtime could not load the model: {e}"));
-        let mut builder = Session::builder(&runtime.environment).map_err(|e| load_error(&e))?;
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        builder = builder.with_intra_threads(threads).map_err(|e| load_error(&e))?;
-        builder = builder.with_inter_threads(1).map_err(|e| load_error(&e))?;
-        // Spinning threads keep burning CPU after a run: on Lambda that is billed time stolen
-        // from the next request's parsing and from the instance's other threads.
-        builder = builder.with_intra_op_spinning(false).map_err(|e| load_error(&e))?;
+        let mut builder = runtime.session_builder()?;
         let mut chosen = ExecutionProvider::Cpu;
         for provider in providers.iter() {
             match provider {
@@ -78,7 +72,11 @@ impl LoadedModel {
             let message = e.to_string().replace(&model_file.display().to_string(), "model.onnx");
             load_error(&message)
         })?;
-        tracing::info!(execution_provider = %chosen, threads, "model session created");
+        tracing::info!(
+            execution_provider = %chosen,
+            threads = crate::runtime::intra_op_threads(),
+            "model session created"
+        );
         let (tokenizer, pad_id) = match model_file.parent().map(|dir| dir.join("tokenizer.json")) {
             Some(path) if path.exists() => {
                 let mut tokenizer = tokenizers::Tokenizer::from_file(&path)

@@ -5,11 +5,23 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use ort::environment::Environment;
+use ort::session::builder::SessionBuilder;
+use ort::session::Session;
 
 use crate::EngineError;
 
 /// Where Lambda layers put shared libraries; the ORT layer ships the library there.
 const LAMBDA_LAYER_LIBRARY: &str = "/opt/lib/libonnxruntime.so";
+
+/// How long an idle intra-op thread spins before it sleeps, in microseconds (see
+/// [`Runtime::session_builder`]): long enough to bridge the gaps between a run's parallel
+/// sections, short enough to stop soon after the run.
+const INTRA_OP_SPIN_US: &str = "100";
+
+/// Intra-op threads per session: the CPUs this process may use.
+pub fn intra_op_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
 
 /// The loaded ONNX Runtime and its environment.
 pub struct Runtime {
@@ -44,9 +56,27 @@ impl Runtime {
         Ok(Runtime { environment })
     }
 
-    /// The ORT environment, for code that builds sessions itself (benchmarks' raw baseline).
+    /// The ORT environment.
     pub fn environment(&self) -> &Environment {
         &self.environment
+    }
+
+    /// A session builder with the options every lmaas session runs with; the benchmarks build
+    /// their raw sessions from it too, so both sides of a comparison match.
+    ///
+    /// - Intra-op threads = the CPUs this process may use; inter-op 1 (sequential graphs).
+    /// - Intra-op threads spin, but only `INTRA_OP_SPIN_US` before they sleep. Without spinning,
+    ///   every parallel section of a run wakes a sleeping thread: 0.6-1.2 ms of a 7-8 ms
+    ///   one-sentence fp32 MiniLM run on 2 vCPUs. ORT's default spin goes on long after a run
+    ///   ends, taking CPU from the next request's parsing and the process's other threads: it
+    ///   cost 3.4 ms of CPU per such run, the bounded spin 0.6 ms.
+    pub fn session_builder(&self) -> Result<SessionBuilder, EngineError> {
+        let failed = |e: &dyn std::fmt::Display| EngineError::Load(format!("setting session options: {e}"));
+        let builder = Session::builder(&self.environment).map_err(|e| failed(&e))?;
+        let builder = builder.with_intra_threads(intra_op_threads()).map_err(|e| failed(&e))?;
+        let builder = builder.with_inter_threads(1).map_err(|e| failed(&e))?;
+        let builder = builder.with_intra_op_spinning(true).map_err(|e| failed(&e))?;
+        builder.with_config_entry("session.intra_op.spin_duration_us", INTRA_OP_SPIN_US).map_err(|e| failed(&e))
     }
 
     /// Whether the loaded library was built with CUDA support (registration can still fail

@@ -19,7 +19,6 @@ use lmaas_core::jobs::{Job, JobId, JobStatus, JobStore, JobType};
 use lmaas_engine::Runtime;
 use lmaas_worker::chunk::{plan_batches, BatchBudget};
 use lmaas_worker::{Delivery, Outcome};
-use ort::session::Session;
 use ort::value::Tensor;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -89,17 +88,8 @@ fn sentences(count: usize) -> Vec<String> {
 fn raw_ort(texts: &[String]) -> f64 {
     let models = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.lmaas/samples/minilm");
     let runtime = Runtime::get().expect("ONNX Runtime");
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let mut session = Session::builder(runtime.environment())
-        .unwrap()
-        .with_intra_threads(threads)
-        .unwrap()
-        .with_inter_threads(1)
-        .unwrap()
-        .with_intra_op_spinning(false)
-        .unwrap()
-        .commit_from_file(models.join("model.onnx"))
-        .expect("a raw session");
+    let mut session =
+        runtime.session_builder().unwrap().commit_from_file(models.join("model.onnx")).expect("a raw session");
     let mut tokenizer = tokenizers::Tokenizer::from_file(models.join("tokenizer.json")).unwrap();
     tokenizer.with_padding(None);
     tokenizer.with_truncation(Some(tokenizers::TruncationParams { max_length: 128, ..Default::default() })).unwrap();
