@@ -2,9 +2,10 @@
 behind FastAPI/uvicorn, serving OpenAI's POST /v1/embeddings for the same MiniLM model file.
 
 It exists only so `make bench` can compare lmaas's long-running HTTP mode with it side by side.
-It is written to be fair, not slow: one session created at start, intra-op threads = the
-machine's cores and intra-op spinning bounded to 100 us (lmaas's settings), the Rust `tokenizers` tokenizer, numpy
-pooling, padding to the longest input, a sync endpoint (FastAPI runs it on its thread pool).
+It is written to be fair, not slow: one session created at start with lmaas's session options
+(intra-op threads = the machine's cores, idle threads spinning 100 us before they sleep), the
+Rust `tokenizers` tokenizer, numpy pooling, padding to the longest input, a sync endpoint
+(FastAPI runs it on its thread pool).
 
 Run: BASELINE_MODEL_DIR=.lmaas/samples/minilm uvicorn server:app --app-dir bench/baseline
 """

@@ -56,11 +56,6 @@ impl Runtime {
         Ok(Runtime { environment })
     }
 
-    /// The ORT environment.
-    pub fn environment(&self) -> &Environment {
-        &self.environment
-    }
-
     /// A session builder with the options every lmaas session runs with; the benchmarks build
     /// their raw sessions from it too, so both sides of a comparison match.
     ///
