@@ -6,8 +6,9 @@
 //! service loaded (tensor creation and output copy included, as any caller needs). One session
 //! for both sides: two sessions of one model run a few percent apart depending on where each
 //! one's weights land in memory (the "two sessions" row measures that), which is not the
-//! handler's overhead. It prints p50/p99 and the ratio, for JSON and for binary tensor data. With `AWS_ENDPOINT_URL` and `LMAAS_BUCKET` set (make bench does), it also
-//! measures cold start: a fresh process → first answer, the model fetched from the emulator.
+//! handler's overhead. It prints p50/p99 and the ratio, for JSON and for binary tensor data.
+//! With `AWS_ENDPOINT_URL` and `LMAAS_BUCKET` set (make bench does), it also measures cold start:
+//! a fresh process → first answer, the model fetched from the emulator.
 //!
 //! Run: `make bench` (or `cargo bench -p lmaas-api --bench handler` after `make setup`).
 

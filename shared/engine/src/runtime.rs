@@ -19,7 +19,7 @@ const LAMBDA_LAYER_LIBRARY: &str = "/opt/lib/libonnxruntime.so";
 const INTRA_OP_SPIN_US: &str = "100";
 
 /// Intra-op threads per session: the CPUs this process may use.
-pub fn intra_op_threads() -> usize {
+pub(crate) fn intra_op_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
