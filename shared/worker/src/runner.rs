@@ -266,6 +266,9 @@ impl JobRunner {
         let started = Instant::now();
         let mut lines = self.objects.lines(&input_key).await?;
         let (mut chunk_keys, mut done, mut errors, mut number) = (Vec::new(), 0u64, 0u64, 0u64);
+        // The previous chunk's writes (its object, then the progress record) run while the next
+        // chunk computes: on a GPU host a chunk computes in less time than its writes take.
+        let mut writing = None;
         let mut end = false;
         while !end {
             let chunk = read_chunk(&mut lines, chunk_items, &mut number).await.map_err(transient)?;
@@ -275,35 +278,42 @@ impl JobRunner {
             }
             let key = format!("{chunks_prefix}{:08}.jsonl", chunk_keys.len());
             let count = chunk.len() as u64;
-            if !finished.contains(&key) {
-                let chunk_started = Instant::now();
-                let output = self.process(&model, chunk).await?;
-                let counts = lmaas_aws::batch::ChunkCounts { items: output.items, errors: output.errors };
-                if !self.objects.put_chunk(&key, output.body, &counts).await.map_err(transient)? {
-                    tracing::info!(key, "chunk was already written by another attempt");
+            let compute = async {
+                if finished.contains(&key) {
+                    return Ok(None);
                 }
-                errors += output.errors;
-                metrics::histogram!(metric::CHUNK_DURATION, "type" => job_type)
-                    .record(chunk_started.elapsed().as_secs_f64());
-                metrics::counter!(metric::JOB_ITEMS, "type" => job_type, "outcome" => "ok")
-                    .increment(output.items - output.errors);
-                metrics::counter!(metric::JOB_ITEMS, "type" => job_type, "outcome" => "error").increment(output.errors);
+                let started = Instant::now();
+                self.process(&model, chunk).await.map(|output| Some((output, started.elapsed())))
+            };
+            let (computed, written): (_, Option<Result<Job, Stop>>) = tokio::join!(compute, async {
+                match writing.take() {
+                    Some(write) => Some(write.await),
+                    None => None,
+                }
+            });
+            if let Some(latest) = written.transpose()? {
+                if latest.cancel_requested {
+                    return Err(Stop::Cancelled { done, total });
+                }
             }
-            chunk_keys.push(key);
+            let computed = computed?;
+            errors += computed.as_ref().map_or(0, |(output, _)| output.errors);
             done += count;
-            let latest = self
-                .modify(&job.id, |record| {
-                    record.progress.done = done;
-                    record.progress.errors = record.progress.errors.max(errors);
-                })
-                .await
-                .map_err(Stop::Transient)?;
-            tracing::info!(job = %job.id, done, total, "progress");
-            if latest.cancel_requested {
-                return Err(Stop::Cancelled { done, total });
-            }
+            let write = self.write_chunk(&job.id, job_type, key.clone(), computed, (done, total, errors));
+            chunk_keys.push(key);
             if stop.is_cancelled() && !end {
-                return Err(Stop::Released);
+                // Keep the chunk already computed, then stop.
+                return Err(if write.await?.cancel_requested {
+                    Stop::Cancelled { done, total }
+                } else {
+                    Stop::Released
+                });
+            }
+            writing = Some(write);
+        }
+        if let Some(write) = writing {
+            if write.await?.cancel_requested {
+                return Err(Stop::Cancelled { done, total });
             }
         }
 
@@ -368,6 +378,39 @@ impl JobRunner {
             embeddings,
             generation,
         })
+    }
+
+    /// Writes a chunk's output once (unless an earlier attempt did) and records the progress it
+    /// makes (`done` items of `total`, `errors` of them failed); the job record as it is now.
+    async fn write_chunk(
+        &self,
+        id: &JobId,
+        job_type: &'static str,
+        key: String,
+        computed: Option<(ChunkOutput, std::time::Duration)>,
+        (done, total, errors): (u64, u64, u64),
+    ) -> Result<Job, Stop> {
+        if let Some((output, compute_time)) = computed {
+            let started = Instant::now();
+            let counts = lmaas_aws::batch::ChunkCounts { items: output.items, errors: output.errors };
+            if !self.objects.put_chunk(&key, output.body, &counts).await.map_err(transient)? {
+                tracing::info!(key, "chunk was already written by another attempt");
+            }
+            metrics::histogram!(metric::CHUNK_DURATION, "type" => job_type)
+                .record((compute_time + started.elapsed()).as_secs_f64());
+            metrics::counter!(metric::JOB_ITEMS, "type" => job_type, "outcome" => "ok")
+                .increment(output.items - output.errors);
+            metrics::counter!(metric::JOB_ITEMS, "type" => job_type, "outcome" => "error").increment(output.errors);
+        }
+        let latest = self
+            .modify(id, |record| {
+                record.progress.done = done;
+                record.progress.errors = record.progress.errors.max(errors);
+            })
+            .await
+            .map_err(Stop::Transient)?;
+        tracing::info!(job = %id, done, total, "progress");
+        Ok(latest)
     }
 
     /// Runs a chunk on a blocking thread (ONNX Runtime's own threads do the parallel work).
