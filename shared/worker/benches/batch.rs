@@ -85,7 +85,7 @@ fn main() {
                 Contender::InProcess => runtime.block_on(in_process_job(&config, &runner, &jsonl)),
                 Contender::Daemons(daemons) => {
                     let (seconds, rss) = runtime.block_on(fleet(&config, &jsonl, daemons, round));
-                    row.rss = row.rss.iter().copied().chain(rss).collect();
+                    row.rss.extend(rss);
                     seconds
                 }
             };
@@ -301,7 +301,7 @@ async fn fleet(config: &WorkerConfig, jsonl: &str, daemons: usize, round: usize)
                 .env("RUST_LOG", "warn")
                 .stdout(Stdio::null())
                 .spawn()
-                .expect("target/release/worker (make bench builds it)")
+                .expect("taskset (util-linux) and target/release/worker (make bench builds it)")
         })
         .collect();
     // They preload the model before polling; give that time before the clock starts.
