@@ -168,3 +168,16 @@ async fn heartbeat(sqs: aws_sdk_sqs::Client, queue_url: String, receipt: String,
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sdk_read_timeout_outlasts_the_long_poll() {
+        // The read timeout runs from the request to the answer's first byte; an empty long poll
+        // answers only after WAIT_SECONDS, so a shorter timeout would fail every idle receive.
+        let read = lmaas_aws::config::timeouts().read_timeout().expect("a read timeout");
+        assert!(read > Duration::from_secs(WAIT_SECONDS as u64 + 5), "{read:?}");
+    }
+}
