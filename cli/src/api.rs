@@ -2,9 +2,15 @@
 //! environment or `.lmaas/dev.env`), and requests that turn API errors into readable ones.
 
 use std::path::Path;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use serde_json::Value;
+
+/// The longest an API call may take. API Gateway gives up at 29 s; under `cargo lambda watch` a
+/// function's first call also starts it, and a commit validates the model with ONNX Runtime. A
+/// stalled call fails with a message instead of hanging the CLI (and the scripts that run it).
+const API_CALL_LIMIT: Duration = Duration::from_secs(300);
 
 pub struct Api {
     pub url: String,
@@ -21,12 +27,13 @@ impl Api {
         let token = lookup("LMAAS_TOKEN").context("set LMAAS_TOKEN to an API key or JWT")?;
         // reqwest's TLS needs one rustls crypto provider per process; the workspace uses aws-lc-rs.
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-        let http = reqwest::Client::builder().build()?;
+        // Uploads have no overall limit (a big model on a slow link takes what it takes).
+        let http = reqwest::Client::builder().connect_timeout(Duration::from_secs(10)).build()?;
         Ok(Api { url: url.trim_end_matches('/').to_string(), token, http })
     }
 
     pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        self.http.request(method, format!("{}{path}", self.url)).bearer_auth(&self.token)
+        self.http.request(method, format!("{}{path}", self.url)).bearer_auth(&self.token).timeout(API_CALL_LIMIT)
     }
 
     /// Sends a request and returns its JSON body, or fails with the API's own error message.
