@@ -44,8 +44,10 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 wait_for() { # url, seconds, what
-  for _ in $(seq 1 $(($2 * 10))); do
-    curl -s -o /dev/null "$1" && return 0
+  local deadline=$((SECONDS + $2))
+  while [ "$SECONDS" -lt "$deadline" ]; do
+    # --max-time: a server that accepts and never answers must not stall the start.
+    curl -s -o /dev/null --max-time 2 "$1" && return 0
     sleep 0.1
   done
   log "$3 did not come up at $1"; return 1
@@ -134,8 +136,10 @@ pids+=($!)
 (set -a; . "$env_file"; set +a; exec target/debug/worker --daemon) > "$state/worker.log" 2>&1 &
 pids+=($!)
 # Warm both functions so the first real request does not pay their start.
-curl -s -o /dev/null -X POST -H 'content-type: application/json' -H "authorization: Bearer $token" \
-  -d @samples/requests/mlp.json "http://127.0.0.1:$port/v2/models/mlp/infer" 2>/dev/null || true
+if ! curl -sf -o /dev/null --max-time 300 -X POST -H 'content-type: application/json' \
+  -H "authorization: Bearer $token" -d @samples/requests/mlp.json "http://127.0.0.1:$port/v2/models/mlp/infer"; then
+  log "warning: the warm-up request to the infer function failed; see $state/watch.log"
+fi
 
 cat <<MSG
 lmaas dev stack ready on http://127.0.0.1:$port  (env: $env_file, logs: $state/*.log)
