@@ -363,77 +363,80 @@ pub struct EncodedResponse {
 }
 
 /// Encodes outputs (in the order requested) as a V2 response; outputs flagged binary go after
-/// the JSON header, as Triton's binary tensor data extension describes.
+/// the JSON header, as Triton's binary tensor data extension describes. The body is allocated
+/// once and written straight from the tensors (their data is copied once, not cloned per
+/// output and again into the body).
 pub fn encode_response(
     model: &Manifest,
     id: Option<&str>,
     parameters: Map<String, Value>,
     outputs: &[(Tensor, bool)],
 ) -> EncodedResponse {
-    let mut binary = Vec::new();
-    let entries: Vec<OutputEntry> = outputs
+    let size_hint: usize = outputs
         .iter()
-        .map(|(tensor, as_binary)| {
-            let mut entry = OutputEntry { tensor, parameters: None, data: None };
-            if *as_binary {
-                let bytes = tensor.to_binary();
-                entry.parameters = Some(json!({ "binary_data_size": bytes.len() }));
-                binary.extend_from_slice(&bytes);
-            } else {
-                entry.data = Some(tensor.json_data());
-            }
-            entry
+        .map(|(tensor, binary)| {
+            128 + tensor.name.len() + if *binary { tensor.binary_size() } else { tensor.json_size_hint() }
         })
-        .collect();
-    let header = ResponseHeader {
-        model_name: model.name.as_str(),
-        model_version: model.version.to_string(),
-        id,
-        parameters: (!parameters.is_empty()).then_some(parameters),
-        outputs: entries,
-    };
-    let mut body = serde_json::to_vec(&header).expect("a response header always serializes");
-    if outputs.iter().any(|(_, b)| *b) {
-        let header_length = body.len();
-        body.extend_from_slice(&binary);
-        EncodedResponse { body, header_length: Some(header_length) }
-    } else {
-        EncodedResponse { body, header_length: None }
+        .sum();
+    let mut body = Vec::with_capacity(256 + size_hint);
+    body.extend_from_slice(b"{\"model_name\":");
+    write_json(&mut body, model.name.as_str());
+    body.extend_from_slice(b",\"model_version\":\"");
+    body.extend_from_slice(itoa::Buffer::new().format(model.version.get()).as_bytes());
+    body.push(b'"');
+    if let Some(id) = id {
+        body.extend_from_slice(b",\"id\":");
+        write_json(&mut body, id);
     }
-}
-
-#[derive(Serialize)]
-struct ResponseHeader<'a> {
-    model_name: &'a str,
-    model_version: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    id: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    parameters: Option<Map<String, Value>>,
-    outputs: Vec<OutputEntry<'a>>,
-}
-
-struct OutputEntry<'a> {
-    tensor: &'a Tensor,
-    parameters: Option<Value>,
-    data: Option<crate::tensor::JsonData<'a>>,
-}
-
-impl Serialize for OutputEntry<'_> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
-        let mut map = serializer.serialize_map(None)?;
-        map.serialize_entry("name", &self.tensor.name)?;
-        map.serialize_entry("datatype", &self.tensor.datatype)?;
-        map.serialize_entry("shape", &self.tensor.shape)?;
-        if let Some(parameters) = &self.parameters {
-            map.serialize_entry("parameters", parameters)?;
-        }
-        if let Some(data) = &self.data {
-            map.serialize_entry("data", data)?;
-        }
-        map.end()
+    if !parameters.is_empty() {
+        body.extend_from_slice(b",\"parameters\":");
+        write_json(&mut body, &parameters);
     }
+    body.extend_from_slice(b",\"outputs\":[");
+    for (i, (tensor, binary)) in outputs.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        write_output(&mut body, tensor, binary.then(|| tensor.binary_size()));
+    }
+    body.extend_from_slice(b"]}");
+    if !outputs.iter().any(|(_, binary)| *binary) {
+        return EncodedResponse { body, header_length: None };
+    }
+    let header_length = body.len();
+    for (tensor, _) in outputs.iter().filter(|(_, binary)| *binary) {
+        tensor.append_binary(&mut body);
+    }
+    EncodedResponse { body, header_length: Some(header_length) }
+}
+
+/// Appends one output object: name, datatype and shape, then `parameters.binary_data_size` when
+/// its data follows the JSON header, else the data itself. Batch jobs write their result lines
+/// with it too.
+pub fn write_output(out: &mut Vec<u8>, tensor: &Tensor, binary_data_size: Option<usize>) {
+    out.extend_from_slice(b"{\"name\":");
+    write_json(out, &tensor.name);
+    out.extend_from_slice(b",\"datatype\":");
+    write_json(out, &tensor.datatype);
+    out.extend_from_slice(b",\"shape\":");
+    write_json(out, &tensor.shape);
+    match binary_data_size {
+        Some(size) => {
+            out.extend_from_slice(b",\"parameters\":{\"binary_data_size\":");
+            out.extend_from_slice(itoa::Buffer::new().format(size).as_bytes());
+            out.push(b'}');
+        }
+        None => {
+            out.extend_from_slice(b",\"data\":");
+            tensor.write_json_data(out);
+        }
+    }
+    out.push(b'}');
+}
+
+/// Appends a value's JSON (names, ids, shapes: escaping is serde_json's).
+fn write_json(out: &mut Vec<u8>, value: &(impl Serialize + ?Sized)) {
+    serde_json::to_writer(out, value).expect("strings, shapes and JSON maps always serialize");
 }
 
 /// The V2 model metadata document, with `-1` for dynamic dimensions.
@@ -568,6 +571,39 @@ mod tests {
         let limits = Limits { max_body_bytes: 10, ..Limits::default() };
         let err = InferRequest::parse(&[b' '; 11], None, &mlp(), &limits).unwrap_err();
         assert!(matches!(err, Error::PayloadTooLarge(_)));
+    }
+
+    #[test]
+    fn a_response_keeps_the_requested_order_and_escapes_what_clients_sent() {
+        let tensor = |name: &str, values: &[f32]| Tensor {
+            name: name.into(),
+            datatype: DataType::Fp32,
+            shape: vec![1, values.len()],
+            data: TensorData::Raw(values.iter().flat_map(|v| v.to_le_bytes()).collect()),
+        };
+        let mut parameters = Map::new();
+        parameters.insert("execution_provider".into(), json!("cpu"));
+        let outputs =
+            [(tensor("b", &[1.0, 2.0]), true), (tensor("a", &[0.25, -3.5]), false), (tensor("c", &[7.0]), true)];
+        let encoded = encode_response(&mlp(), Some("say \"hi\"\\"), parameters, &outputs);
+        let length = encoded.header_length.unwrap();
+        let header: Value = serde_json::from_slice(&encoded.body[..length]).unwrap();
+        assert_eq!(
+            header,
+            json!({
+                "model_name": "mlp",
+                "model_version": "1",
+                "id": "say \"hi\"\\",
+                "parameters": {"execution_provider": "cpu"},
+                "outputs": [
+                    {"name": "b", "datatype": "FP32", "shape": [1, 2], "parameters": {"binary_data_size": 8}},
+                    {"name": "a", "datatype": "FP32", "shape": [1, 2], "data": [0.25, -3.5]},
+                    {"name": "c", "datatype": "FP32", "shape": [1, 1], "parameters": {"binary_data_size": 4}},
+                ]
+            })
+        );
+        let tail: Vec<u8> = [1.0f32, 2.0, 7.0].iter().flat_map(|v| v.to_le_bytes()).collect();
+        assert_eq!(&encoded.body[length..], &tail[..]);
     }
 
     #[test]

@@ -50,6 +50,22 @@ impl ChunkOutput {
         self.items += 1;
     }
 
+    /// An infer line, `{"id":…,"outputs":[…]}`, each output as a V2 response writes it (the
+    /// tensors go straight to text, without a serde tree).
+    fn push_outputs(&mut self, id: &Value, tensors: &[Tensor]) {
+        self.body.extend_from_slice(b"{\"id\":");
+        serde_json::to_writer(&mut self.body, id).expect("a JSON value always serializes");
+        self.body.extend_from_slice(b",\"outputs\":[");
+        for (i, tensor) in tensors.iter().enumerate() {
+            if i > 0 {
+                self.body.push(b',');
+            }
+            lmaas_core::v2::write_output(&mut self.body, tensor, None);
+        }
+        self.body.extend_from_slice(b"]}\n");
+        self.items += 1;
+    }
+
     fn push_error(&mut self, id: &Value, number: u64, error: &str) {
         self.push(&ErrorLine { id, line: number, error });
         self.errors += 1;
@@ -67,20 +83,6 @@ struct ErrorLine<'a> {
 struct EmbeddingLine<'a> {
     id: &'a Value,
     embedding: &'a [f32],
-}
-
-#[derive(Serialize)]
-struct InferLine<'a> {
-    id: &'a Value,
-    outputs: Vec<OutputTensor<'a>>,
-}
-
-#[derive(Serialize)]
-struct OutputTensor<'a> {
-    name: &'a str,
-    datatype: lmaas_core::DataType,
-    shape: &'a [usize],
-    data: lmaas_core::tensor::JsonData<'a>,
 }
 
 /// Parses a line as a JSON object with an `id` (a string or an integer).
@@ -277,15 +279,11 @@ pub fn infer_chunk(model: &LoadedModel, manifest: &Manifest, limits: &Limits, li
         };
         let names: Vec<String> = request.outputs.iter().map(|o| o.name.clone()).collect();
         match model.run(&request.inputs, &names) {
-            Ok(tensors) => output.push(&InferLine { id: &id, outputs: tensors.iter().map(output_tensor).collect() }),
+            Ok(tensors) => output.push_outputs(&id, &tensors),
             Err(e) => output.push_error(&id, line.number, &e.to_string()),
         }
     }
     output
-}
-
-fn output_tensor(tensor: &Tensor) -> OutputTensor<'_> {
-    OutputTensor { name: &tensor.name, datatype: tensor.datatype, shape: &tensor.shape, data: tensor.json_data() }
 }
 
 #[cfg(test)]
