@@ -172,36 +172,38 @@ impl Tensor {
             }
         };
         let datatype = self.datatype;
-        let size = datatype.element_size().expect("numeric type");
-        let per_thread = (bytes.len() / size).div_ceil(threads.max(1)).max(1) * size;
-        let mut parts = bytes.chunks(per_thread);
         out.push(b'[');
-        let first = parts.next().unwrap_or_default();
-        std::thread::scope(|scope| {
-            let others: Vec<_> = parts
-                .map(|part| {
-                    // Without a thread the part is written here, in order, after the others.
-                    std::thread::Builder::new()
-                        .spawn_scoped(scope, move || {
+        if threads <= 1 {
+            write_json_elements(out, datatype, bytes);
+        } else {
+            let size = datatype.element_size().expect("numeric type");
+            let mut parts = bytes.chunks((bytes.len() / size).div_ceil(threads).max(1) * size);
+            let first = parts.next().unwrap_or_default();
+            std::thread::scope(|scope| {
+                let others: Vec<_> = parts
+                    .map(|part| {
+                        let write = move || {
                             let mut text = Vec::new();
                             write_json_elements(&mut text, datatype, part);
                             text
-                        })
-                        .map_err(|_| part)
-                })
-                .collect();
-            write_json_elements(out, datatype, first);
-            for other in others {
-                out.push(b',');
-                match other {
-                    Ok(thread) => match thread.join() {
-                        Ok(text) => out.extend_from_slice(&text),
-                        Err(panic) => std::panic::resume_unwind(panic),
-                    },
-                    Err(part) => write_json_elements(out, datatype, part),
+                        };
+                        // A part whose thread cannot start is written on this one, in its place.
+                        std::thread::Builder::new().spawn_scoped(scope, write).map_err(|_| part)
+                    })
+                    .collect();
+                write_json_elements(out, datatype, first);
+                for other in others {
+                    out.push(b',');
+                    match other {
+                        Ok(thread) => match thread.join() {
+                            Ok(text) => out.extend_from_slice(&text),
+                            Err(panic) => std::panic::resume_unwind(panic),
+                        },
+                        Err(part) => write_json_elements(out, datatype, part),
+                    }
                 }
-            }
-        });
+            });
+        }
         out.push(b']');
     }
 }
