@@ -25,3 +25,10 @@ pub use names::{AliasName, ModelName, ModelRef, Tag, Version};
 pub use resolver::ModelResolver;
 pub use store::{MemoryModelStore, ModelStore, RegistryStore, StoreError};
 pub use tensor::{DataType, Tensor, TensorData};
+
+/// The CPUs this process may use: ONNX Runtime's intra-op threads, and the threads that write a
+/// large tensor's JSON. Cached, since the standard library reads cgroup files to know.
+pub fn cpus() -> usize {
+    static CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CPUS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}

@@ -151,7 +151,7 @@ impl Tensor {
     /// every CPU at once. Non-finite floats become `null`, since JSON has no NaN; clients that
     /// need them exactly ask for binary outputs.
     pub fn write_json_data(&self, out: &mut Vec<u8>) {
-        let threads = if self.element_count() >= PARALLEL_JSON_ELEMENTS { cpus() } else { 1 };
+        let threads = if self.element_count() >= PARALLEL_JSON_ELEMENTS { crate::cpus() } else { 1 };
         self.write_json_data_on(out, threads);
     }
 
@@ -214,12 +214,6 @@ impl Tensor {
 /// 1.083x to 1.098-1.107x: a new thread, its fresh pages and ORT's still-spinning pool thread
 /// cost more than half of 0.9 ms.
 const PARALLEL_JSON_ELEMENTS: usize = 65_536;
-
-/// The CPUs this process may use (cached: the standard library reads cgroup files to know).
-fn cpus() -> usize {
-    static CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *CPUS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-}
 
 /// The longest JSON text of one element of `datatype`, with its comma.
 fn max_json_element_chars(datatype: DataType) -> usize {

@@ -74,7 +74,7 @@ impl LoadedModel {
         })?;
         tracing::info!(
             execution_provider = %chosen,
-            threads = crate::runtime::intra_op_threads(),
+            threads = lmaas_core::cpus(),
             "model session created"
         );
         let (tokenizer, pad_id) = match model_file.parent().map(|dir| dir.join("tokenizer.json")) {

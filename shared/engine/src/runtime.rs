@@ -18,11 +18,6 @@ const LAMBDA_LAYER_LIBRARY: &str = "/opt/lib/libonnxruntime.so";
 /// sections, short enough to stop soon after the run.
 const INTRA_OP_SPIN_US: &str = "100";
 
-/// Intra-op threads per session: the CPUs this process may use.
-pub(crate) fn intra_op_threads() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
 /// The loaded ONNX Runtime and its environment.
 pub struct Runtime {
     pub(crate) environment: Environment,
@@ -68,7 +63,7 @@ impl Runtime {
     pub fn session_builder(&self) -> Result<SessionBuilder, EngineError> {
         let failed = |e: &dyn std::fmt::Display| EngineError::Load(format!("setting session options: {e}"));
         let builder = Session::builder(&self.environment).map_err(|e| failed(&e))?;
-        let builder = builder.with_intra_threads(intra_op_threads()).map_err(|e| failed(&e))?;
+        let builder = builder.with_intra_threads(lmaas_core::cpus()).map_err(|e| failed(&e))?;
         let builder = builder.with_inter_threads(1).map_err(|e| failed(&e))?;
         let builder = builder.with_intra_op_spinning(true).map_err(|e| failed(&e))?;
         builder.with_config_entry("session.intra_op.spin_duration_us", INTRA_OP_SPIN_US).map_err(|e| failed(&e))
