@@ -5,6 +5,7 @@
 pub mod acl;
 pub mod auth;
 pub mod error;
+mod helpers;
 pub mod jobs;
 pub mod jwt;
 pub mod limits;

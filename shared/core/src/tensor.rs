@@ -147,19 +147,25 @@ impl Tensor {
     /// Appends the data as a flat JSON array, written straight from the packed bytes: shortest
     /// round-trip floats (zmij, as serde_json writes them) and integers (itoa), with no JSON tree
     /// or serializer in between, since responses can hold hundreds of thousands of floats and
-    /// writing them is most of a small model's response time. Large tensors are written by
-    /// every CPU at once. Non-finite floats become `null`, since JSON has no NaN; clients that
-    /// need them exactly ask for binary outputs.
+    /// writing them is most of a small model's response time. Large tensors are shared with the
+    /// standing helper threads (see [`crate::helpers`]). Non-finite floats become `null`, since
+    /// JSON has no NaN; clients that need them exactly ask for binary outputs.
     pub fn write_json_data(&self, out: &mut Vec<u8>) {
-        let threads = if self.element_count() >= PARALLEL_JSON_ELEMENTS { crate::cpus() } else { 1 };
-        self.write_json_data_on(out, threads);
+        match &self.data {
+            TensorData::Raw(bytes) if self.element_count() >= SHARED_JSON_ELEMENTS => {
+                out.push(b'[');
+                crate::helpers::write_shared(JsonParts::new(self.datatype, bytes.clone()), out, b',');
+                out.push(b']');
+            }
+            _ => self.write_json_data_alone(out),
+        }
     }
 
-    fn write_json_data_on(&self, out: &mut Vec<u8>, threads: usize) {
-        let bytes = match &self.data {
-            TensorData::Raw(bytes) => bytes,
+    fn write_json_data_alone(&self, out: &mut Vec<u8>) {
+        out.push(b'[');
+        match &self.data {
+            TensorData::Raw(bytes) => write_json_elements(out, self.datatype, bytes),
             TensorData::Bytes(items) => {
-                out.push(b'[');
                 for (i, item) in items.iter().enumerate() {
                     if i > 0 {
                         out.push(b',');
@@ -167,53 +173,49 @@ impl Tensor {
                     serde_json::to_writer(&mut *out, &String::from_utf8_lossy(item))
                         .expect("a string always serializes");
                 }
-                out.push(b']');
-                return;
             }
-        };
-        let datatype = self.datatype;
-        out.push(b'[');
-        if threads <= 1 {
-            write_json_elements(out, datatype, bytes);
-        } else {
-            let size = datatype.element_size().expect("numeric type");
-            let mut parts = bytes.chunks((bytes.len() / size).div_ceil(threads).max(1) * size);
-            let first = parts.next().unwrap_or_default();
-            std::thread::scope(|scope| {
-                let others: Vec<_> = parts
-                    .map(|part| {
-                        let write = move || {
-                            let mut text = Vec::new();
-                            write_json_elements(&mut text, datatype, part);
-                            text
-                        };
-                        // A part whose thread cannot start is written on this one, in its place.
-                        std::thread::Builder::new().spawn_scoped(scope, write).map_err(|_| part)
-                    })
-                    .collect();
-                write_json_elements(out, datatype, first);
-                for other in others {
-                    out.push(b',');
-                    match other {
-                        Ok(thread) => match thread.join() {
-                            Ok(text) => out.extend_from_slice(&text),
-                            Err(panic) => std::panic::resume_unwind(panic),
-                        },
-                        Err(part) => write_json_elements(out, datatype, part),
-                    }
-                }
-            });
         }
         out.push(b']');
     }
 }
 
-/// Tensors with at least this many elements are written to JSON by several threads (~2 ms of
-/// formatting on one vCPU). Measured in the handler bench on 2 vCPUs: two threads cut int8 MiniLM
-/// batch 32 (98,304 floats) from 1.070x raw ORT to 1.042x, but made batch 8 (24,576) slower,
-/// 1.083x to 1.098-1.107x: a new thread, its fresh pages and ORT's still-spinning pool thread
-/// cost more than half of 0.9 ms.
-const PARALLEL_JSON_ELEMENTS: usize = 65_536;
+/// Tensors with at least this many elements (about 0.25 ms of formatting on one vCPU) are written
+/// to JSON with the helper threads' help. Measured in the handler bench on 2 vCPUs, int8 MiniLM
+/// JSON: batch 8 (24,576 floats) went from 1.054-1.091x raw ORT, written alone, to 1.056-1.058x;
+/// batch 32 (98,304) from 1.069-1.074x, with a thread spawned per response, to 1.025-1.027x. At
+/// batch 1 (3,072, ~0.1 ms) sharing gained nothing: a helper woken just after a run starts about
+/// when the caller finishes.
+const SHARED_JSON_ELEMENTS: usize = 8_192;
+
+/// Elements per part of shared JSON work: a few microseconds each, so a helper that wakes late
+/// still finds parts left, and the caller never waits long for the part a helper is writing.
+const JSON_PART_ELEMENTS: usize = 512;
+
+/// A numeric tensor's packed bytes, as parts of JSON text for [`crate::helpers`].
+struct JsonParts {
+    datatype: DataType,
+    bytes: Vec<u8>,
+    part_bytes: usize,
+}
+
+impl JsonParts {
+    fn new(datatype: DataType, bytes: Vec<u8>) -> Self {
+        let part_bytes = JSON_PART_ELEMENTS * datatype.element_size().expect("numeric type");
+        JsonParts { datatype, bytes, part_bytes }
+    }
+}
+
+impl crate::helpers::Parts for JsonParts {
+    fn count(&self) -> usize {
+        self.bytes.len().div_ceil(self.part_bytes)
+    }
+
+    fn write(&self, index: usize, out: &mut Vec<u8>) {
+        let start = index * self.part_bytes;
+        let end = (start + self.part_bytes).min(self.bytes.len());
+        write_json_elements(out, self.datatype, &self.bytes[start..end]);
+    }
+}
 
 /// The longest JSON text of one element of `datatype`, with its comma.
 fn max_json_element_chars(datatype: DataType) -> usize {
@@ -366,9 +368,10 @@ mod tests {
         json_to_data(datatype, &items)
     }
 
-    fn json_text(tensor: &Tensor, threads: usize) -> String {
+    /// The tensor's JSON as one thread writes it.
+    fn json_text(tensor: &Tensor) -> String {
         let mut out = Vec::new();
-        tensor.write_json_data_on(&mut out, threads);
+        tensor.write_json_data_alone(&mut out);
         String::from_utf8(out).unwrap()
     }
 
@@ -382,7 +385,7 @@ mod tests {
         for datatype in DataType::ALL.into_iter().filter(|t| !matches!(t, DataType::Bytes | DataType::Bool)) {
             let data = convert(datatype, json!([0, 1, 2, 100])).unwrap();
             let tensor = Tensor { name: "x".into(), datatype, shape: vec![4], data };
-            let back: Vec<f64> = serde_json::from_str::<Value>(&json_text(&tensor, 1))
+            let back: Vec<f64> = serde_json::from_str::<Value>(&json_text(&tensor))
                 .unwrap()
                 .as_array()
                 .unwrap()
@@ -418,7 +421,7 @@ mod tests {
                 values.push(value);
             }
         }
-        let text = json_text(&fp32(&values), 1);
+        let text = json_text(&fp32(&values));
         assert_eq!(text, serde_json::to_string(&values).unwrap());
         let back: Vec<f32> = serde_json::from_str(&text).unwrap();
         let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
@@ -427,7 +430,7 @@ mod tests {
 
     #[test]
     fn non_finite_floats_become_null() {
-        assert_eq!(json_text(&fp32(&[f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 2.5]), 1), "[null,null,null,2.5]");
+        assert_eq!(json_text(&fp32(&[f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 2.5])), "[null,null,null,2.5]");
     }
 
     #[test]
@@ -438,36 +441,47 @@ mod tests {
             shape: vec![2],
             data: TensorData::Raw(bits.iter().flat_map(|b| b.to_le_bytes()).collect()),
         };
-        assert_eq!(json_text(&half(DataType::Fp16, [f16::from_f32(1.5).to_bits(), 0x7c00]), 1), "[1.5,null]");
-        assert_eq!(json_text(&half(DataType::Bf16, [bf16::from_f32(-2.0).to_bits(), 0]), 1), "[-2.0,0.0]");
+        assert_eq!(json_text(&half(DataType::Fp16, [f16::from_f32(1.5).to_bits(), 0x7c00])), "[1.5,null]");
+        assert_eq!(json_text(&half(DataType::Bf16, [bf16::from_f32(-2.0).to_bits(), 0])), "[-2.0,0.0]");
         let flags =
             Tensor { name: "b".into(), datatype: DataType::Bool, shape: vec![2], data: TensorData::Raw(vec![1, 0]) };
-        assert_eq!(json_text(&flags, 1), "[true,false]");
+        assert_eq!(json_text(&flags), "[true,false]");
         let strings = Tensor {
             name: "s".into(),
             datatype: DataType::Bytes,
             shape: vec![3],
             data: TensorData::Bytes(vec![b"say \"hi\"\n".to_vec(), vec![0xff, b'a'], Vec::new()]),
         };
-        let text = json_text(&strings, 1);
+        let text = json_text(&strings);
         assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), json!(["say \"hi\"\n", "\u{fffd}a", ""]));
         assert!(text.len() <= strings.json_size_hint() + 8, "escapes are the only excess: {text}");
     }
 
     #[test]
-    fn large_tensors_written_by_several_threads_match_one_thread() {
+    fn large_tensors_shared_with_helpers_match_one_thread() {
         let mut values: Vec<f32> = (0..50_001).map(|i| i as f32 * 0.001 - 3.0).collect();
         values[7] = f32::NAN;
         let tensor = fp32(&values);
-        let single = json_text(&tensor, 1);
-        for threads in [2, 3, 7] {
-            assert_eq!(json_text(&tensor, threads), single, "{threads} threads");
+        let alone = json_text(&tensor);
+        let mut shared = Vec::new();
+        tensor.write_json_data(&mut shared);
+        assert_eq!(String::from_utf8(shared).unwrap(), alone);
+        assert_eq!(serde_json::from_str::<Vec<Option<f32>>>(&alone).unwrap().len(), values.len());
+        // However the parts fall between caller and helper, the text is the same.
+        let TensorData::Raw(bytes) = &tensor.data else { unreachable!() };
+        for helped in [0, 1, 50, 97, 98] {
+            let mut text = b"[".to_vec();
+            crate::helpers::write_with_helper_first(JsonParts::new(DataType::Fp32, bytes.clone()), helped, &mut text);
+            text.push(b']');
+            assert_eq!(String::from_utf8(text).unwrap(), alone, "{helped} parts written by the helper");
         }
-        assert_eq!(serde_json::from_str::<Vec<Option<f32>>>(&single).unwrap().len(), values.len());
-        for threads in [1, 4] {
-            assert_eq!(json_text(&fp32(&[]), threads), "[]");
-            assert_eq!(json_text(&fp32(&[0.5]), threads), "[0.5]");
+        for values in [&[][..], &[0.5][..]] {
+            let mut text = Vec::new();
+            fp32(values).write_json_data(&mut text);
+            assert_eq!(text, json_text(&fp32(values)).as_bytes());
         }
+        assert_eq!(json_text(&fp32(&[])), "[]");
+        assert_eq!(json_text(&fp32(&[0.5])), "[0.5]");
     }
 
     #[test]
@@ -484,7 +498,7 @@ mod tests {
         ];
         for (datatype, bytes) in extremes {
             let tensor = Tensor { name: "x".into(), datatype, shape: vec![2], data: TensorData::Raw(bytes) };
-            let text = json_text(&tensor, 1);
+            let text = json_text(&tensor);
             assert!(text.len() <= tensor.json_size_hint(), "{datatype}: {text} over {}", tensor.json_size_hint());
         }
     }
