@@ -110,11 +110,55 @@ fn request_id(request: &Request<Bytes>) -> String {
         {
             id.to_string()
         }
-        _ => {
-            let mut bytes = [0u8; 16];
-            // Without entropy a request id is still useful for correlating logs; it need not be secret.
-            let _ = getrandom::fill(&mut bytes);
-            hex::encode(bytes)
+        _ => new_request_id(),
+    }
+}
+
+/// 32 hex digits: a random key drawn once per process, then a per-process counter put through a
+/// keyed bijection, so ids are unique within the process, all but certainly unique across
+/// processes, and do not show how many requests an instance has served. (Drawing 16 random bytes
+/// per request cost a getrandom syscall each; ids need not be secret.)
+fn new_request_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static KEY: std::sync::OnceLock<[u64; 2]> = std::sync::OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let [process, mask] = *KEY.get_or_init(|| {
+        let mut bytes = [0u8; 16];
+        // Without entropy, the clock and process id still tell processes apart.
+        if getrandom::fill(&mut bytes).is_err() {
+            let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+            bytes = (nanos ^ (u128::from(std::process::id()) << 64)).to_le_bytes();
         }
+        let half = |i: usize| u64::from_le_bytes(bytes[i..i + 8].try_into().expect("8 bytes"));
+        [half(0), half(8)]
+    });
+    let count = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{process:016x}{:016x}", mix(count ^ mask))
+}
+
+/// SplitMix64's finalizer: a bijection on u64 that scatters consecutive inputs.
+fn mix(mut x: u64) -> u64 {
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_id(id: &str) -> Request<Bytes> {
+        Request::get("/").header(REQUEST_ID, id).body(Bytes::new()).unwrap()
+    }
+
+    #[test]
+    fn new_request_ids_are_distinct_hex_and_plain_client_ids_are_kept() {
+        let ids: std::collections::HashSet<String> = (0..10_000).map(|_| new_request_id()).collect();
+        assert_eq!(ids.len(), 10_000);
+        assert!(ids.iter().all(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())));
+        assert_eq!(request_id(&with_id("trace-me-42")), "trace-me-42");
+        let replaced = request_id(&with_id("not plain; <script>"));
+        assert_eq!(replaced.len(), 32);
+        assert_ne!(replaced, "not plain; <script>");
     }
 }
