@@ -283,32 +283,131 @@ fn write_json_elements(out: &mut Vec<u8>, datatype: DataType, bytes: &[u8]) {
     }
 }
 
-/// Why one JSON element could not become a tensor element; the caller adds the input name.
+/// Why JSON `data` could not become tensor data; the caller adds the input name.
 #[derive(Debug, PartialEq, Eq)]
-pub struct ElementError {
-    pub index: usize,
-    pub reason: String,
+pub enum DataError {
+    /// The data holds `found` elements, not the count the shape needs.
+    Count { found: usize },
+    /// Element `index` has the wrong type or is out of range.
+    Element { index: usize, reason: String },
+    /// The text is not JSON the reader accepts (e.g. nested too deeply).
+    Syntax(String),
 }
 
-/// Converts flat JSON elements to tensor data of `datatype`, checking each one's type and range.
-pub fn json_to_data(datatype: DataType, values: &[&Value]) -> Result<TensorData, ElementError> {
-    if datatype == DataType::Bytes {
-        let items = values
-            .iter()
-            .enumerate()
-            .map(|(index, v)| match v {
-                Value::String(s) => Ok(s.as_bytes().to_vec()),
-                other => Err(ElementError { index, reason: format!("expected a string, got {}", kind_of(other)) }),
-            })
-            .collect::<Result<_, _>>()?;
-        return Ok(TensorData::Bytes(items));
+/// Reads JSON `data` (a flat array, nested row-major arrays, or one scalar) straight into `count`
+/// packed elements of `datatype`, checking each one's type and range. No JSON tree is built: a
+/// `serde_json::Value` per element takes 32 bytes and another 8 to flatten, so a 6 MB body of
+/// one-digit numbers would have cost about 120 MB. A wrong count is reported before a bad element.
+pub fn json_to_data(datatype: DataType, count: usize, data: &str) -> Result<TensorData, DataError> {
+    let mut elements = Elements {
+        datatype,
+        count,
+        packed: Vec::with_capacity(datatype.element_size().map_or(0, |size| count * size)),
+        strings: Vec::new(),
+        seen: 0,
+        first_error: None,
+    };
+    let mut reader = serde_json::Deserializer::from_str(data);
+    serde::de::DeserializeSeed::deserialize(Walk(&mut elements), &mut reader)
+        .and_then(|()| reader.end())
+        .map_err(|e| DataError::Syntax(e.to_string()))?;
+    if elements.seen != count {
+        return Err(DataError::Count { found: elements.seen });
     }
-    let size = datatype.element_size().expect("numeric type");
-    let mut out = Vec::with_capacity(values.len() * size);
-    for (index, value) in values.iter().enumerate() {
-        push_element(datatype, value, &mut out).map_err(|reason| ElementError { index, reason })?;
+    if let Some(error) = elements.first_error {
+        return Err(error);
     }
-    Ok(TensorData::Raw(out))
+    Ok(if datatype == DataType::Bytes { TensorData::Bytes(elements.strings) } else { TensorData::Raw(elements.packed) })
+}
+
+/// Elements as [`Walk`] meets them: converted up to the first bad one or the expected count,
+/// counted to the end.
+struct Elements {
+    datatype: DataType,
+    count: usize,
+    packed: Vec<u8>,
+    strings: Vec<Vec<u8>>,
+    seen: usize,
+    first_error: Option<DataError>,
+}
+
+impl Elements {
+    fn push(&mut self, value: Value) {
+        let index = self.seen;
+        self.seen += 1;
+        if self.first_error.is_some() || index >= self.count {
+            return;
+        }
+        let converted = match (self.datatype, value) {
+            (DataType::Bytes, Value::String(s)) => {
+                self.strings.push(s.into_bytes());
+                Ok(())
+            }
+            (DataType::Bytes, other) => Err(format!("expected a string, got {}", kind_of(&other))),
+            (datatype, value) => push_element(datatype, &value, &mut self.packed),
+        };
+        if let Err(reason) = converted {
+            self.first_error = Some(DataError::Element { index, reason });
+        }
+    }
+}
+
+/// Visits JSON data depth-first, handing every scalar to [`Elements::push`]; arrays at any depth
+/// flatten row-major, as V2 allows.
+struct Walk<'e>(&'e mut Elements);
+
+impl<'de> serde::de::DeserializeSeed<'de> for Walk<'_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Walk<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("tensor data")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<(), E> {
+        self.0.push(Value::Bool(v));
+        Ok(())
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<(), E> {
+        self.0.push(Value::from(v));
+        Ok(())
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<(), E> {
+        self.0.push(Value::from(v));
+        Ok(())
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<(), E> {
+        self.0.push(Value::from(v));
+        Ok(())
+    }
+    fn visit_str<E>(self, v: &str) -> Result<(), E> {
+        self.0.push(Value::String(v.to_string()));
+        Ok(())
+    }
+    fn visit_string<E>(self, v: String) -> Result<(), E> {
+        self.0.push(Value::String(v));
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        self.0.push(Value::Null);
+        Ok(())
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut items: A) -> Result<(), A::Error> {
+        while items.next_element_seed(Walk(&mut *self.0))?.is_some() {}
+        Ok(())
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut entries: A) -> Result<(), A::Error> {
+        use serde::de::IgnoredAny;
+        while entries.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        self.0.push(Value::Object(serde_json::Map::new()));
+        Ok(())
+    }
 }
 
 fn push_element(datatype: DataType, value: &Value, out: &mut Vec<u8>) -> Result<(), String> {
@@ -364,9 +463,17 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn convert(datatype: DataType, values: Value) -> Result<TensorData, ElementError> {
-        let items: Vec<&Value> = values.as_array().unwrap().iter().collect();
-        json_to_data(datatype, &items)
+    /// Converts a flat JSON array, expecting as many elements as it has.
+    fn convert(datatype: DataType, values: Value) -> Result<TensorData, DataError> {
+        json_to_data(datatype, values.as_array().unwrap().len(), &values.to_string())
+    }
+
+    /// The index and reason of the element `convert` rejects.
+    fn rejected(datatype: DataType, values: Value) -> (usize, String) {
+        match convert(datatype, values) {
+            Err(DataError::Element { index, reason }) => (index, reason),
+            other => panic!("expected an element error, got {other:?}"),
+        }
     }
 
     /// The tensor's JSON as one thread writes it.
@@ -506,12 +613,31 @@ mod tests {
 
     #[test]
     fn integers_out_of_range_and_fractions_are_rejected_with_the_index() {
-        assert_eq!(convert(DataType::Uint8, json!([1, 256])).unwrap_err().index, 1);
-        assert!(convert(DataType::Int8, json!([-129])).unwrap_err().reason.contains("out of range for INT8"));
-        assert!(convert(DataType::Int64, json!([1.5])).unwrap_err().reason.contains("expected an integer"));
-        assert!(convert(DataType::Fp32, json!(["1"])).unwrap_err().reason.contains("got a string"));
-        assert!(convert(DataType::Bool, json!([1])).unwrap_err().reason.contains("true or false"));
-        assert!(convert(DataType::Bytes, json!([1])).unwrap_err().reason.contains("expected a string"));
+        assert_eq!(rejected(DataType::Uint8, json!([1, 256])).0, 1);
+        assert!(rejected(DataType::Int8, json!([-129])).1.contains("out of range for INT8"));
+        assert!(rejected(DataType::Int64, json!([1.5])).1.contains("expected an integer"));
+        assert!(rejected(DataType::Fp32, json!(["1"])).1.contains("got a string"));
+        assert!(rejected(DataType::Bool, json!([1])).1.contains("true or false"));
+        assert!(rejected(DataType::Bytes, json!([1])).1.contains("expected a string"));
+        assert_eq!(rejected(DataType::Fp32, json!([1, {"a": [2]}, 3])), (1, "expected a number, got an object".into()));
+        assert_eq!(rejected(DataType::Int32, json!([0, null])), (1, "expected an integer, got null".into()));
+    }
+
+    #[test]
+    fn nested_rows_and_a_lone_scalar_flatten_row_major() {
+        let nested = json_to_data(DataType::Int32, 4, "[[1, 2], [[3]], [], [4]]").unwrap();
+        assert_eq!(nested, convert(DataType::Int32, json!([1, 2, 3, 4])).unwrap());
+        assert_eq!(json_to_data(DataType::Fp64, 1, "2.5").unwrap(), TensorData::Raw(2.5f64.to_le_bytes().to_vec()));
+        assert_eq!(json_to_data(DataType::Bool, 0, "[[], []]").unwrap(), TensorData::Raw(Vec::new()));
+    }
+
+    #[test]
+    fn a_wrong_count_is_reported_with_the_count_found_even_past_a_bad_element() {
+        assert_eq!(json_to_data(DataType::Uint8, 2, "[1, 2, 3]"), Err(DataError::Count { found: 3 }));
+        assert_eq!(json_to_data(DataType::Uint8, 4, r#"["x", [2, 3]]"#), Err(DataError::Count { found: 3 }));
+        assert_eq!(json_to_data(DataType::Bytes, 1, "[]"), Err(DataError::Count { found: 0 }));
+        let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
+        assert!(matches!(json_to_data(DataType::Uint8, 1, &deep), Err(DataError::Syntax(_))));
     }
 
     #[test]

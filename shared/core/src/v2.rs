@@ -3,10 +3,11 @@
 //! sees anything, and responses encoded the same two ways.
 
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 
 use crate::names::printable;
-use crate::tensor::{json_to_data, ElementError};
+use crate::tensor::{json_to_data, DataError};
 use crate::{DataType, Error, Limits, Manifest, Tensor, TensorData, TensorSpec};
 
 /// Header that splits a binary-extension body into its JSON part and the tensor bytes after it.
@@ -29,22 +30,25 @@ pub struct RequestedOutput {
 }
 
 #[derive(Deserialize)]
-struct RawRequest {
+struct RawRequest<'a> {
     id: Option<Value>,
     #[serde(default)]
     parameters: Map<String, Value>,
-    inputs: Vec<RawInput>,
+    #[serde(borrow)]
+    inputs: Vec<RawInput<'a>>,
     outputs: Option<Vec<RawOutput>>,
 }
 
 #[derive(Deserialize)]
-struct RawInput {
+struct RawInput<'a> {
     name: String,
     shape: Vec<Value>,
     datatype: String,
     #[serde(default)]
     parameters: Map<String, Value>,
-    data: Option<Value>,
+    /// Kept as text until the datatype and shape are known, then read straight into the tensor.
+    #[serde(borrow)]
+    data: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -155,7 +159,7 @@ impl<'a> BinaryCursor<'a> {
 }
 
 fn parse_input(
-    input: RawInput,
+    input: RawInput<'_>,
     spec: &TensorSpec,
     binary: &mut BinaryCursor,
     limits: &Limits,
@@ -181,7 +185,7 @@ fn parse_input(
             })?;
             binary_data(name, datatype, count, binary.take(name, size)?)?
         }
-        (None, Some(data)) => json_data(name, datatype, count, &data)?,
+        (None, Some(data)) => json_data(name, datatype, count, data)?,
         (None, None) => {
             return Err(Error::bad_request(format!(
                 "input '{name}' has no 'data' (nor parameters.binary_data_size for binary data)"
@@ -282,26 +286,14 @@ fn bytes_elements(name: &str, count: usize, mut bytes: &[u8]) -> Result<TensorDa
     Ok(TensorData::Bytes(items))
 }
 
-fn json_data(name: &str, datatype: DataType, count: usize, data: &Value) -> Result<TensorData, Error> {
-    let mut flat = Vec::with_capacity(count);
-    flatten(data, &mut flat);
-    if flat.len() != count {
-        return Err(Error::bad_request(format!(
-            "input '{name}': shape needs {count} elements, 'data' has {}",
-            flat.len()
-        )));
-    }
-    json_to_data(datatype, &flat).map_err(|ElementError { index, reason }| {
-        Error::bad_request(format!("input '{name}': data[{index}]: {reason}"))
+fn json_data(name: &str, datatype: DataType, count: usize, data: &RawValue) -> Result<TensorData, Error> {
+    json_to_data(datatype, count, data.get()).map_err(|e| {
+        Error::bad_request(match e {
+            DataError::Count { found } => format!("input '{name}': shape needs {count} elements, 'data' has {found}"),
+            DataError::Element { index, reason } => format!("input '{name}': data[{index}]: {reason}"),
+            DataError::Syntax(e) => format!("input '{name}': 'data' could not be read: {e}"),
+        })
     })
-}
-
-/// V2 allows data as a flat array or nested row-major arrays; both flatten the same way.
-fn flatten<'a>(value: &'a Value, out: &mut Vec<&'a Value>) {
-    match value {
-        Value::Array(items) => items.iter().for_each(|item| flatten(item, out)),
-        scalar => out.push(scalar),
-    }
 }
 
 fn parse_outputs(
