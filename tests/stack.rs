@@ -78,6 +78,25 @@ async fn minilm_answers_token_tensors_like_onnx_runtime_itself() {
     assert_fixture("minilm", "minilm_batch1", 1e-4).await;
 }
 
+/// 4 x 9 x 384 = 13,824 floats: large enough that the JSON is written with the helper threads.
+#[tokio::test]
+async fn a_large_json_response_keeps_every_row_in_order() {
+    let fixture = fixture("minilm");
+    let mut request = fixture["request"].clone();
+    for input in request["inputs"].as_array_mut().unwrap() {
+        let rows = input["data"].as_array().unwrap().clone();
+        input["data"] = json!([rows.clone(), rows].concat());
+        input["shape"][0] = json!(4);
+    }
+    let (status, body) = infer("/v2/models/minilm/infer", &request).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let mut expected = fixture["expected"]["last_hidden_state"].clone();
+    let data = expected["data"].as_array().unwrap().clone();
+    expected["data"] = json!([data.clone(), data].concat());
+    expected["shape"][0] = json!(4);
+    assert_tensor_matches("last_hidden_state", &body["outputs"][0], &expected, 1e-4);
+}
+
 #[tokio::test]
 async fn every_datatype_round_trips_through_the_model() {
     assert_fixture("dtypes", "dtypes", 0.0).await;
