@@ -32,15 +32,22 @@ async fn call(method: reqwest::Method, path: &str, token: Option<&str>, body: Op
             (status, response.json::<Value>().await.expect("a JSON body"))
         }
     };
-    let (status, body) = send().await;
+    let (mut status, mut body) = send().await;
     // cargo lambda's emulator, not a function, answers this problem document when it loses an
-    // invocation under concurrent load (seen twice in full runs here, once on an embeddings
-    // request that the function logged as answered 200). Our functions never answer 500 in that
-    // shape, so a read-only request (a GET, inference, embeddings) is sent once more.
+    // invocation under concurrent load: seen three times in full runs here, once on an embeddings
+    // request the function logged as answered 200, once twice in a row on an infer request the
+    // function never received. Our functions never answer 500 in that shape, so a read-only
+    // request (a GET, inference, embeddings) is sent again, up to three times, a little later
+    // each time.
     let read_only = method == reqwest::Method::GET || path.ends_with("/infer") || path == "/v1/embeddings";
-    if read_only && status == StatusCode::INTERNAL_SERVER_ERROR && body["type"] == "https://httpstatuses.com/500" {
-        eprintln!("{path}: the emulator lost the invocation ({body}); sending it again");
-        return send().await;
+    for pause_ms in [250, 500, 1000] {
+        let lost = status == StatusCode::INTERNAL_SERVER_ERROR && body["type"] == "https://httpstatuses.com/500";
+        if !(read_only && lost) {
+            break;
+        }
+        eprintln!("{path}: the emulator lost the invocation ({body}); sending it again in {pause_ms} ms");
+        tokio::time::sleep(std::time::Duration::from_millis(pause_ms)).await;
+        (status, body) = send().await;
     }
     (status, body)
 }
