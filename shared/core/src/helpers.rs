@@ -106,24 +106,14 @@ impl<P: Parts> Shared<P> {
     }
 }
 
-/// What a helper thread runs: type-erased shared work.
-trait Help: Send + Sync {
-    fn help(&self);
-}
-
-impl<P: Parts> Help for Shared<P> {
-    fn help(&self) {
-        while self.help_once() {}
-    }
-}
-
 /// Writes `parts` on this thread and every standing helper, in order, `separator` between parts.
 /// Returns how many parts helpers wrote.
 pub(crate) fn write_shared<P: Parts>(parts: P, out: &mut Vec<u8>, separator: u8) -> usize {
     let shared = Shared::new(parts);
     for helper in helpers() {
+        let mine = shared.clone();
         // A helper that is gone leaves its parts to the caller.
-        let _ = helper.send(shared.clone());
+        let _ = helper.send(Box::new(move || while mine.help_once() {}));
     }
     shared.write_all(out, separator)
 }
@@ -139,17 +129,20 @@ pub(crate) fn write_with_helper_first<P: Parts>(parts: P, helped: usize, out: &m
     shared.write_all(out, b',')
 }
 
+/// What a helper thread runs: its share of one piece of work.
+type Job = Box<dyn FnOnce() + Send>;
+
 /// One helper per CPU besides the caller's, started on first use. A helper that cannot be
 /// started is left out; with none, callers write everything themselves.
-fn helpers() -> &'static [Sender<Arc<dyn Help>>] {
-    static HELPERS: OnceLock<Vec<Sender<Arc<dyn Help>>>> = OnceLock::new();
+fn helpers() -> &'static [Sender<Job>] {
+    static HELPERS: OnceLock<Vec<Sender<Job>>> = OnceLock::new();
     HELPERS.get_or_init(|| {
         (1..crate::cpus())
             .filter_map(|i| {
-                let (sender, receiver) = channel::<Arc<dyn Help>>();
+                let (sender, receiver) = channel::<Job>();
                 let spawned = std::thread::Builder::new().name(format!("lmaas-helper-{i}")).spawn(move || {
-                    for work in receiver {
-                        work.help();
+                    for job in receiver {
+                        job();
                     }
                 });
                 match spawned {
