@@ -27,9 +27,48 @@ pub use resolver::ModelResolver;
 pub use store::{MemoryModelStore, ModelStore, RegistryStore, StoreError};
 pub use tensor::{DataType, Tensor, TensorData};
 
+/// Lambda's memory per vCPU of CPU time: a function gets CPU in proportion to its memory.
+pub const LAMBDA_MB_PER_VCPU: u64 = 1769;
+
 /// The CPUs this process may use: ONNX Runtime's intra-op threads, and the threads that write a
-/// large tensor's JSON. Cached, since the standard library reads cgroup files to know.
+/// large tensor's JSON. Cached, since the standard library reads cgroup files to know. In Lambda
+/// (`AWS_LAMBDA_FUNCTION_MEMORY_SIZE`, set by Lambda itself) see [`cpus_for`].
 pub fn cpus() -> usize {
     static CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *CPUS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+    *CPUS.get_or_init(|| {
+        let visible = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let memory = std::env::var("AWS_LAMBDA_FUNCTION_MEMORY_SIZE").ok().and_then(|m| m.parse().ok());
+        cpus_for(visible, memory)
+    })
+}
+
+/// The CPUs to use given the `visible` ones and, in Lambda, the function's memory in MB. Lambda
+/// shows two vCPUs from 128 to 3,008 MB (more above), but gives the function CPU time in
+/// proportion to its memory and throttles it once that is spent, so a thread per visible vCPU
+/// would spend the share on all of them and then wait out the throttle. Measured with each
+/// size's share as a CPU quota (the `vcpu_share` bench, one MiniLM sentence): below 1.5 vCPUs,
+/// two threads back to back averaged 1.05-1.66x one thread's time with a p99 of 47-55 ms against
+/// 7-14 ms, while after an idle spell (a fresh quota) they answered 1.4-1.7x sooner. Busy
+/// instances are where cost and tail latency accrue, so the share is rounded: one thread below
+/// 2,654 MB.
+pub fn cpus_for(visible: usize, lambda_memory_mb: Option<u64>) -> usize {
+    let Some(memory) = lambda_memory_mb else { return visible.max(1) };
+    let share = memory as f64 / LAMBDA_MB_PER_VCPU as f64;
+    (share.round() as usize).clamp(1, visible.max(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cpus_for;
+
+    #[test]
+    fn lambda_functions_use_the_vcpus_their_memory_buys_not_the_ones_they_see() {
+        assert_eq!(cpus_for(4, None), 4);
+        assert_eq!(cpus_for(0, None), 1);
+        assert_eq!(cpus_for(2, Some(128)), 1);
+        assert_eq!(cpus_for(2, Some(1769)), 1);
+        assert_eq!(cpus_for(2, Some(3008)), 2);
+        assert_eq!(cpus_for(3, Some(3538)), 2);
+        assert_eq!(cpus_for(6, Some(10_240)), 6);
+    }
 }

@@ -54,7 +54,8 @@ impl Runtime {
     /// A session builder with the options every lmaas session runs with; the benchmarks build
     /// their raw sessions from it too, so both sides of a comparison match.
     ///
-    /// - Intra-op threads = the CPUs this process may use; inter-op 1 (sequential graphs).
+    /// - Intra-op threads = the CPUs this process may use (in Lambda, the vCPUs its memory buys:
+    ///   [`lmaas_core::cpus_for`]); inter-op 1 (sequential graphs).
     /// - Intra-op threads spin, but only `INTRA_OP_SPIN_US` before they sleep. Without spinning,
     ///   every parallel section of a run wakes a sleeping thread: 0.6-1.2 ms of a 7-8 ms
     ///   one-sentence fp32 MiniLM run on 2 vCPUs. ORT's default spin goes on long after a run
