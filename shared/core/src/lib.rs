@@ -46,11 +46,11 @@ pub fn cpus() -> usize {
 /// shows two vCPUs from 128 to 3,008 MB (more above), but gives the function CPU time in
 /// proportion to its memory and throttles it once that is spent, so a thread per visible vCPU
 /// would spend the share on all of them and then wait out the throttle. Measured with each
-/// size's share as a CPU quota (the `vcpu_share` bench, one MiniLM sentence): below 1.5 vCPUs,
-/// two threads back to back averaged 1.05-1.66x one thread's time with a p99 of 47-55 ms against
-/// 7-14 ms, while after an idle spell (a fresh quota) they answered 1.4-1.7x sooner. Busy
-/// instances are where cost and tail latency accrue, so the share is rounded: one thread below
-/// 2,654 MB.
+/// size's share as a CPU quota (the `vcpu_share` bench, one MiniLM sentence, three runs): below
+/// 1.5 vCPUs, two threads back to back averaged 1.02-1.66x one thread's time, and at 1-1.16 vCPUs
+/// their p99 was 47-55 ms against 7-17 ms; after an idle spell (a fresh quota) they answered
+/// 1.3-1.7x sooner. Busy instances are where cost and tail latency accrue, so the share is
+/// rounded: one thread below 2,654 MB.
 pub fn cpus_for(visible: usize, lambda_memory_mb: Option<u64>) -> usize {
     let Some(memory) = lambda_memory_mb else { return visible.max(1) };
     let share = memory as f64 / LAMBDA_MB_PER_VCPU as f64;
