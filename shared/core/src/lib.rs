@@ -67,6 +67,8 @@ mod tests {
         assert_eq!(cpus_for(0, None), 1);
         assert_eq!(cpus_for(2, Some(128)), 1);
         assert_eq!(cpus_for(2, Some(1769)), 1);
+        assert_eq!(cpus_for(2, Some(2653)), 1);
+        assert_eq!(cpus_for(2, Some(2654)), 2);
         assert_eq!(cpus_for(2, Some(3008)), 2);
         assert_eq!(cpus_for(3, Some(3538)), 2);
         assert_eq!(cpus_for(6, Some(10_240)), 6);
