@@ -5,8 +5,8 @@
 use base64::Engine as _;
 use lmaas_core::{Error, ModelRef};
 use lmaas_engine::{EmbeddingInput, Embeddings};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 /// Longest text accepted before tokenization, in bytes (it is truncated to the model's tokens later).
 const MAX_TEXT_BYTES: usize = 64 * 1024;
@@ -115,33 +115,61 @@ fn token_ids(row: &Value, index: Option<usize>) -> Result<Vec<u32>, Error> {
         .ok_or_else(|| Error::bad_request(format!("{at} must hold non-negative integer token ids")))
 }
 
-/// The OpenAI response body.
-pub fn response(model: &str, embeddings: &Embeddings, base64: bool) -> Value {
-    let data: Vec<Value> = embeddings
+/// The OpenAI response body. Serialized straight from the vectors: each float as the shortest
+/// text that reads back as the same f32. (Through a `serde_json::Value`, an f32 became an f64
+/// first and was written with up to 17 digits: 0.1 as 0.10000000149011612.)
+#[derive(Serialize)]
+pub struct EmbeddingsResponse<'a> {
+    object: &'static str,
+    data: Vec<EmbeddingItem<'a>>,
+    model: &'a str,
+    usage: Usage,
+}
+
+#[derive(Serialize)]
+struct EmbeddingItem<'a> {
+    object: &'static str,
+    index: usize,
+    embedding: Embedding<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Embedding<'a> {
+    Floats(&'a [f32]),
+    /// Little-endian f32s, base64 encoded, as OpenAI sends them.
+    Base64(String),
+}
+
+#[derive(Serialize)]
+struct Usage {
+    prompt_tokens: usize,
+    total_tokens: usize,
+}
+
+pub fn response<'a>(model: &'a str, embeddings: &'a Embeddings, base64: bool) -> EmbeddingsResponse<'a> {
+    let data = embeddings
         .vectors
         .iter()
         .enumerate()
         .map(|(index, vector)| {
             let embedding = if base64 {
                 let bytes: Vec<u8> = vector.iter().flat_map(|v| v.to_le_bytes()).collect();
-                Value::String(base64::engine::general_purpose::STANDARD.encode(bytes))
+                Embedding::Base64(base64::engine::general_purpose::STANDARD.encode(bytes))
             } else {
-                json!(vector)
+                Embedding::Floats(vector)
             };
-            json!({ "object": "embedding", "index": index, "embedding": embedding })
+            EmbeddingItem { object: "embedding", index, embedding }
         })
         .collect();
-    json!({
-        "object": "list",
-        "data": data,
-        "model": model,
-        "usage": { "prompt_tokens": embeddings.prompt_tokens, "total_tokens": embeddings.prompt_tokens },
-    })
+    let usage = Usage { prompt_tokens: embeddings.prompt_tokens, total_tokens: embeddings.prompt_tokens };
+    EmbeddingsResponse { object: "list", data, model, usage }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn parse(body: Value) -> Result<EmbeddingsRequest, Error> {
         EmbeddingsRequest::parse(&serde_json::to_vec(&body).unwrap(), 256)
@@ -189,11 +217,28 @@ mod tests {
     #[test]
     fn base64_embeddings_are_little_endian_f32_as_openai_sends_them() {
         let embeddings = Embeddings { vectors: vec![vec![1.0, -0.5]], prompt_tokens: 3 };
-        let body = response("m", &embeddings, true);
+        let body = serde_json::to_value(response("m", &embeddings, true)).unwrap();
         let bytes =
             base64::engine::general_purpose::STANDARD.decode(body["data"][0]["embedding"].as_str().unwrap()).unwrap();
         assert_eq!(bytes, [1f32.to_le_bytes(), (-0.5f32).to_le_bytes()].concat());
         assert_eq!(body["usage"], json!({"prompt_tokens": 3, "total_tokens": 3}));
-        assert_eq!(response("m", &embeddings, false)["data"][0]["embedding"], json!([1.0, -0.5]));
+        let body = serde_json::to_value(response("m", &embeddings, false)).unwrap();
+        assert_eq!(body["data"][0]["embedding"], json!([1.0, -0.5]));
+        assert_eq!(
+            (&body["object"], &body["model"], &body["data"][0]["index"]),
+            (&json!("list"), &json!("m"), &json!(0))
+        );
+    }
+
+    #[test]
+    fn floats_are_written_as_the_shortest_text_that_reads_back_as_the_same_f32() {
+        let vector = vec![0.1f32, -0.033_917_3, 1e-7, f32::MIN_POSITIVE];
+        let embeddings = Embeddings { vectors: vec![vector.clone()], prompt_tokens: 1 };
+        let text = serde_json::to_string(&response("m", &embeddings, false)).unwrap();
+        assert!(text.contains(r#""embedding":[0.1,-0.0339173,1e-7,1.1754944e-38]"#), "{text}");
+        let read: Value = serde_json::from_str(&text).unwrap();
+        let floats: Vec<f32> =
+            read["data"][0]["embedding"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+        assert_eq!(floats, vector);
     }
 }

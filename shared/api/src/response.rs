@@ -3,14 +3,15 @@
 use bytes::Bytes;
 use http::{header, Response, StatusCode};
 use lmaas_core::Error;
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::json;
 
 /// A JSON response.
-pub fn json(status: StatusCode, body: &Value) -> Response<Bytes> {
+pub fn json(status: StatusCode, body: &impl Serialize) -> Response<Bytes> {
     Response::builder()
         .status(status)
         .header(header::CONTENT_TYPE, "application/json")
-        .body(Bytes::from(serde_json::to_vec(body).expect("a JSON value always serializes")))
+        .body(Bytes::from(serde_json::to_vec(body).expect("response bodies have string keys and always serialize")))
         .expect("static response parts are valid")
 }
 
