@@ -66,8 +66,8 @@ fn child(memory: u64, visible: usize, group: &Path) {
     std::fs::write(group.join("cgroup.procs"), std::process::id().to_string()).unwrap();
     let share = memory as f64 / lmaas_core::LAMBDA_MB_PER_VCPU as f64;
     let chosen = lmaas_core::cpus_for(visible, Some(memory));
+    let inputs = sentence_inputs();
     for (label, dir) in models() {
-        let inputs = sentence_inputs();
         let mut sessions: Vec<(usize, Session)> = [1, 2].map(|threads| (threads, session(&dir, threads))).into();
         let mut sustained = vec![Vec::new(); 2];
         let mut sparse = vec![Vec::new(); 2];
