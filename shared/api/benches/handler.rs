@@ -10,7 +10,9 @@
 //! With `AWS_ENDPOINT_URL` and `LMAAS_BUCKET` set (make bench does), it also measures cold start:
 //! a fresh process → first answer, the model fetched from the emulator.
 //!
-//! Run: `make bench` (or `cargo bench -p lmaas-api --bench handler` after `make setup`).
+//! Run: `make bench` (or `cargo bench -p lmaas-api --bench handler` after `make setup`). Naming
+//! models (`cargo bench -p lmaas-api --bench handler -- minilm-int8`) times only their rows, e.g.
+//! under a profiler.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -41,7 +43,9 @@ fn main() {
         "model", "batch", "body", "raw p50", "raw p99", "lmaas p50", "lmaas p99", "p50 x"
     );
     quantized_minilm();
-    for model in ["mlp", "minilm", "minilm-int8"] {
+    const MODELS: [&str; 3] = ["mlp", "minilm", "minilm-int8"];
+    let named: Vec<String> = std::env::args().filter(|a| MODELS.contains(&a.as_str())).collect();
+    for model in MODELS.into_iter().filter(|m| named.is_empty() || named.iter().any(|n| n == m)) {
         let service = runtime.block_on(service_for(model));
         let loaded = runtime.block_on(service.loaded_model(&lmaas_core::ModelRef::parse(model).unwrap())).unwrap();
         let raw = |inputs: &[(String, Vec<usize>, Data)]| loaded.with_session(|s| run_raw(s, inputs)).unwrap();
@@ -88,7 +92,11 @@ fn main() {
             }
         }
     }
+    if !named.is_empty() {
+        return;
+    }
     noise_floor();
+    json_encoding_table();
     embeddings_table(&runtime);
     if std::env::var_os("AWS_ENDPOINT_URL").is_some() && std::env::var_os("LMAAS_BUCKET").is_some() {
         cold_start_table();
@@ -113,6 +121,43 @@ fn noise_floor() {
     );
     let ratio = pct(&b, 50.0).as_secs_f64() / pct(&a, 50.0).as_secs_f64();
     println!("two sessions: raw vs a second raw session of the same model, minilm-int8 batch 1: p50 x {ratio:.3}");
+}
+
+/// The JSON text of MiniLM's output (its `last_hidden_state`) as the infer service writes it vs
+/// `serde_json::to_vec` of the same floats, what a service written by hand would do: the same
+/// shortest round-trip text either way (tensor.rs tests it), so this is the encoder's own cost.
+fn json_encoding_table() {
+    println!("\njson encoding: lmaas tensor JSON vs serde_json::to_vec, minilm last_hidden_state");
+    println!("{:<8} {:>8} {:>12} {:>12} {:>8}", "batch", "floats", "serde p50", "lmaas p50", "p50 x");
+    let mut session = raw_session("minilm");
+    for batch in [1, 8, 32] {
+        let floats = run_raw(&mut session, &inputs("minilm", batch));
+        let tensor = lmaas_core::Tensor {
+            name: "last_hidden_state".into(),
+            datatype: DataType::Fp32,
+            shape: vec![floats.len()],
+            data: lmaas_core::TensorData::Raw(floats.iter().flat_map(|v| v.to_le_bytes()).collect()),
+        };
+        let (serde_times, lmaas_times) = interleaved(
+            || {
+                std::hint::black_box(serde_json::to_vec(&floats).unwrap());
+            },
+            || {
+                // As encode_response does: one allocation sized by the hint.
+                let mut body = Vec::with_capacity(tensor.json_size_hint());
+                tensor.write_json_data(&mut body);
+                std::hint::black_box(body);
+            },
+        );
+        let (s50, l50) = (pct(&serde_times, 50.0), pct(&lmaas_times, 50.0));
+        println!(
+            "{batch:<8} {:>8} {:>10.1}us {:>10.1}us {:>8.3}",
+            floats.len(),
+            s50.as_secs_f64() * 1e6,
+            l50.as_secs_f64() * 1e6,
+            l50.as_secs_f64() / s50.as_secs_f64()
+        );
+    }
 }
 
 /// Alternates the two sides in small blocks so drift on a shared machine hits both alike.
