@@ -102,6 +102,9 @@ impl ModelCache {
         references: &[lmaas_core::ModelRef],
         tasks: &[lmaas_core::manifest::Task],
     ) {
+        // While the first model downloads (or, with nothing to preload, while the first request
+        // is on its way).
+        crate::Runtime::load_in_background();
         for reference in references {
             let loaded = async {
                 let manifest = resolver.resolve(reference).await?;
@@ -185,30 +188,43 @@ impl ModelCache {
         if manifest.model_file().is_none() {
             return Err(FetchError::user("the version has no model.onnx".into()));
         }
-        for (file, entry) in &manifest.files {
-            if file.is_empty() || file.contains(['/', '\\']) || file.starts_with('.') {
-                return Err(FetchError::user(format!("file name '{file}' is not allowed")));
-            }
-            let path = folder.join(file);
-            if tokio::fs::metadata(&path).await.is_ok_and(|m| m.len() == entry.size) {
-                tracing::debug!(file, "model file found in the disk cache");
-                continue;
-            }
-            let partial = folder.join(format!(".{file}.{}.{}.part", std::process::id(), unique()));
-            let downloaded = self.store.download(&manifest.name, manifest.version, file, &partial).await;
-            let verified = match downloaded {
-                Ok(digest) => digest.check(file, entry.size, &entry.sha256).map_err(FetchError::user),
-                Err(e) => Err(internal(format!("downloading {file}: {e}"))),
-            };
-            if let Err(e) = verified {
-                let _ = tokio::fs::remove_file(&partial).await;
-                return Err(e);
-            }
-            tokio::fs::rename(&partial, &path)
-                .await
-                .map_err(|e| internal(format!("renaming {file} into place: {e}")))?;
-            tracing::info!(file, bytes = entry.size, "model file downloaded and verified");
+        if let Some(file) =
+            manifest.files.keys().find(|f| f.is_empty() || f.contains(['/', '\\']) || f.starts_with('.'))
+        {
+            return Err(FetchError::user(format!("file name '{file}' is not allowed")));
         }
+        // Side by side: the tokenizer and config need not wait for the model's last byte. Every
+        // download finishes (or fails and removes its partial file) before the first error is
+        // returned.
+        let fetches = manifest.files.iter().map(|(file, entry)| self.fetch_file(manifest, folder, file, entry));
+        futures_util::future::join_all(fetches).await.into_iter().collect()
+    }
+
+    async fn fetch_file(
+        &self,
+        manifest: &Manifest,
+        folder: &Path,
+        file: &str,
+        entry: &lmaas_core::manifest::FileEntry,
+    ) -> Result<(), FetchError> {
+        let internal = |detail: String| FetchError { reason: "the model store or local disk failed".into(), detail };
+        let path = folder.join(file);
+        if tokio::fs::metadata(&path).await.is_ok_and(|m| m.len() == entry.size) {
+            tracing::debug!(file, "model file found in the disk cache");
+            return Ok(());
+        }
+        let partial = folder.join(format!(".{file}.{}.{}.part", std::process::id(), unique()));
+        let downloaded = self.store.download(&manifest.name, manifest.version, file, &partial).await;
+        let verified = match downloaded {
+            Ok(digest) => digest.check(file, entry.size, &entry.sha256).map_err(FetchError::user),
+            Err(e) => Err(internal(format!("downloading {file}: {e}"))),
+        };
+        if let Err(e) = verified {
+            let _ = tokio::fs::remove_file(&partial).await;
+            return Err(e);
+        }
+        tokio::fs::rename(&partial, &path).await.map_err(|e| internal(format!("renaming {file} into place: {e}")))?;
+        tracing::info!(file, bytes = entry.size, "model file downloaded and verified");
         Ok(())
     }
 }

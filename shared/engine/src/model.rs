@@ -67,7 +67,18 @@ impl LoadedModel {
                 },
             }
         }
-        let session = builder.commit_from_file(model_file).map_err(|e| {
+        // The tokenizer parses on a thread of its own while ORT builds the session: for MiniLM,
+        // 30 ms of a 220 ms load that would otherwise come after it.
+        let tokenizer_file = model_file.parent().map(|dir| dir.join("tokenizer.json")).filter(|path| path.exists());
+        let (session, tokenizer) = std::thread::scope(|scope| {
+            let tokenizer = tokenizer_file.map(|path| scope.spawn(move || load_tokenizer(&path)));
+            let session = builder.commit_from_file(model_file);
+            let tokenizer = tokenizer.map(|loading| {
+                loading.join().unwrap_or_else(|_| Err(EngineError::Load("loading tokenizer.json panicked".into())))
+            });
+            (session, tokenizer.transpose())
+        });
+        let session = session.map_err(|e| {
             // ORT quotes the file path; clients only need the reason.
             let message = e.to_string().replace(&model_file.display().to_string(), "model.onnx");
             load_error(&message)
@@ -77,15 +88,9 @@ impl LoadedModel {
             threads = lmaas_core::cpus(),
             "model session created"
         );
-        let (tokenizer, pad_id) = match model_file.parent().map(|dir| dir.join("tokenizer.json")) {
-            Some(path) if path.exists() => {
-                let mut tokenizer = tokenizers::Tokenizer::from_file(&path)
-                    .map_err(|e| EngineError::Load(format!("tokenizer.json could not be loaded: {e}")))?;
-                let pad_id = tokenizer.get_padding().map_or(0, |p| p.pad_id);
-                tokenizer.with_padding(None);
-                (Some(Mutex::new(tokenizer)), pad_id)
-            }
-            _ => (None, 0),
+        let (tokenizer, pad_id) = match tokenizer? {
+            Some((tokenizer, pad_id)) => (Some(Mutex::new(tokenizer)), pad_id),
+            None => (None, 0),
         };
         let labels =
             [("model", String::new()), ("version", String::new()), ("execution_provider", chosen.as_str().to_string())];
@@ -290,4 +295,14 @@ fn from_value(name: &str, value: DynValue) -> Result<Tensor, EngineError> {
         TensorData::Raw(bytes)
     };
     Ok(Tensor { name: name.to_string(), datatype, shape, data })
+}
+
+/// A version's `tokenizer.json` and its padding id, with its own padding turned off (batches are
+/// padded to their longest input).
+fn load_tokenizer(path: &Path) -> Result<(tokenizers::Tokenizer, u32), EngineError> {
+    let mut tokenizer = tokenizers::Tokenizer::from_file(path)
+        .map_err(|e| EngineError::Load(format!("tokenizer.json could not be loaded: {e}")))?;
+    let pad_id = tokenizer.get_padding().map_or(0, |p| p.pad_id);
+    tokenizer.with_padding(None);
+    Ok((tokenizer, pad_id))
 }

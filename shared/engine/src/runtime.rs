@@ -32,6 +32,21 @@ impl Runtime {
         RUNTIME.get_or_init(Runtime::load).as_ref().map_err(|e| EngineError::Runtime(e.clone()))
     }
 
+    /// Starts loading the runtime on a thread of its own, so that a cold start's first model
+    /// finds it loaded: the library and its environment take 20-30 ms, which the first request
+    /// would otherwise spend after its download. A failure is logged here and returned again to
+    /// whoever needs the runtime.
+    pub fn load_in_background() {
+        let loading = std::thread::Builder::new().name("ort-load".into()).spawn(|| {
+            if let Err(e) = Runtime::get() {
+                tracing::error!(error = %e, "loading ONNX Runtime failed");
+            }
+        });
+        if let Err(e) = loading {
+            tracing::warn!(error = %e, "could not start a thread to load ONNX Runtime; the first model loads it");
+        }
+    }
+
     fn load() -> Result<Runtime, String> {
         let library = match std::env::var_os("ORT_DYLIB_PATH") {
             Some(path) if !path.is_empty() => PathBuf::from(path),

@@ -96,6 +96,57 @@ async fn a_file_whose_checksum_does_not_match_is_deleted_and_never_loaded() {
     assert!(leftovers.is_empty(), "no partial or unverified file stays: {leftovers:?}");
 }
 
+/// `manifest` with one more file in the store, under `claimed_sha` if given.
+fn add_file(store: &MemoryModelStore, manifest: &mut Manifest, file: &str, bytes: &[u8], claimed_sha: Option<String>) {
+    let sha256 = claimed_sha.unwrap_or_else(|| hex::encode(Sha256::digest(bytes)));
+    manifest.files.insert(file.to_string(), FileEntry { sha256, size: bytes.len() as u64 });
+    store.put_manifest(manifest.clone());
+    store.put_file(&manifest.name, manifest.version, file, bytes.to_vec());
+}
+
+fn sample_tokenizer() -> Vec<u8> {
+    std::fs::read(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.lmaas/samples/minilm/tokenizer.json")).unwrap()
+}
+
+#[tokio::test]
+async fn files_download_side_by_side_and_one_that_fails_verification_fails_the_version_without_leftovers() {
+    let bytes = sample_model("mlp");
+    let mut m = manifest("mlp", 1, &bytes, None);
+    let store = store_with(&m, &bytes);
+    add_file(&store, &mut m, "tokenizer.json", &sample_tokenizer(), Some("00".repeat(32)));
+    let dir = tempfile::tempdir().unwrap();
+    let err = cache(&store, &dir, 1 << 30).get(&m).await.unwrap_err();
+    assert!(
+        matches!(err, Error::Unavailable(ref msg) if msg.contains("tokenizer.json failed verification")),
+        "{err:?}"
+    );
+    assert_eq!(store.downloads(), 2, "both files were fetched");
+    let names: Vec<String> = walk(dir.path()).iter().map(|p| p.file_name().unwrap().to_string_lossy().into()).collect();
+    assert_eq!(names, ["model.onnx"], "the verified file stays for the retry; no partial or unverified file does");
+}
+
+#[tokio::test]
+async fn the_tokenizer_loads_beside_the_session_and_a_broken_one_fails_the_load_by_name() {
+    let bytes = sample_model("mlp");
+    let mut m = manifest("mlp", 1, &bytes, None);
+    let store = store_with(&m, &bytes);
+    add_file(&store, &mut m, "tokenizer.json", &sample_tokenizer(), None);
+    let dir = tempfile::tempdir().unwrap();
+    let model = cache(&store, &dir, 1 << 30).get(&m).await.unwrap();
+    let tokens = model.tokenize(&["A man is eating food.".to_string()], 16).unwrap();
+    assert_eq!(tokens[0].first(), Some(&101), "MiniLM's tokenizer starts with [CLS]: {tokens:?}");
+
+    let mut broken = manifest("mlp", 2, &bytes, None);
+    let store = store_with(&broken, &bytes);
+    add_file(&store, &mut broken, "tokenizer.json", b"{not json", None);
+    let dir = tempfile::tempdir().unwrap();
+    let err = cache(&store, &dir, 1 << 30).get(&broken).await.unwrap_err();
+    assert!(
+        matches!(err, Error::Unavailable(ref msg) if msg.contains("tokenizer.json could not be loaded")),
+        "{err:?}"
+    );
+}
+
 #[tokio::test]
 async fn cuda_requested_without_a_gpu_library_falls_back_to_cpu_and_says_so() {
     let bytes = sample_model("mlp");
