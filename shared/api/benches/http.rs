@@ -51,7 +51,14 @@ fn main() {
     let lmaas = start_lmaas(&root, port(0), &[("LMAAS_PRELOAD", "minilm")]);
     let baseline = start_baseline(&root, port(1));
     runtime.block_on(async {
-        let client = reqwest::Client::builder().pool_max_idle_per_host(64).build().unwrap();
+        // uvicorn closes connections idle for 5 s (its keep-alive timeout); one it closed just as a
+        // request picked it from the pool fails that request (IncompleteMessage). Windows leave a
+        // side idle for about 2.5 s.
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(64)
+            .pool_idle_timeout(Duration::from_secs(3))
+            .build()
+            .unwrap();
         wait_ready(&client, &format!("{}/v2/health/ready", lmaas.url)).await;
         wait_ready(&client, &format!("{}/health", baseline.url)).await;
         let (a, b) = (embed(&client, &lmaas).await, embed(&client, &baseline).await);
