@@ -72,6 +72,27 @@ async fn concurrent_first_requests_load_once_and_a_warm_cache_never_downloads_ag
 }
 
 #[tokio::test]
+async fn a_file_in_the_disk_cache_that_no_longer_matches_its_hash_is_downloaded_again() {
+    let bytes = sample_model("mlp");
+    let m = manifest("mlp", 1, &bytes, None);
+    let store = store_with(&m, &bytes);
+    let dir = tempfile::tempdir().unwrap();
+    cache(&store, &dir, 1 << 30).get(&m).await.unwrap();
+    // What a crash before the downloaded bytes reached the disk can leave: the right size, wrong bytes.
+    let on_disk = walk(dir.path()).into_iter().find(|p| p.ends_with("model.onnx")).unwrap();
+    std::fs::write(&on_disk, vec![0u8; bytes.len()]).unwrap();
+
+    let restarted = cache(&store, &dir, 1 << 30);
+    let model = restarted.get(&m).await.unwrap();
+    assert_eq!(store.downloads(), 2, "the corrupt file was fetched again");
+    assert_eq!(std::fs::read(&on_disk).unwrap(), bytes);
+    let input: Vec<u8> = [1f32, 2., 3., 4.].iter().flat_map(|f| f.to_le_bytes()).collect();
+    let tensor =
+        Tensor { name: "input".into(), datatype: DataType::Fp32, shape: vec![1, 4], data: TensorData::Raw(input) };
+    assert_eq!(model.run(&[tensor], &["output".to_string()]).unwrap()[0].shape, vec![1, 3]);
+}
+
+#[tokio::test]
 async fn a_loaded_model_runs_on_onnx_runtime() {
     let bytes = sample_model("mlp");
     let m = manifest("mlp", 1, &bytes, None);
