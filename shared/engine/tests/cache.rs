@@ -29,6 +29,12 @@ fn manifest(name: &str, version: u32, bytes: &[u8], claimed_sha: Option<String>)
     )
 }
 
+/// One row for the sample MLP.
+fn mlp_input() -> Tensor {
+    let input: Vec<u8> = [1f32, 2., 3., 4.].iter().flat_map(|f| f.to_le_bytes()).collect();
+    Tensor { name: "input".into(), datatype: DataType::Fp32, shape: vec![1, 4], data: TensorData::Raw(input) }
+}
+
 fn cache(store: &MemoryModelStore, dir: &tempfile::TempDir, max_bytes: u64) -> Arc<ModelCache> {
     let config = CacheConfig { dir: dir.path().to_path_buf(), max_bytes, providers: ExecutionProviders::cpu() };
     Arc::new(ModelCache::new(Arc::new(store.clone()), config))
@@ -86,10 +92,7 @@ async fn a_file_in_the_disk_cache_that_no_longer_matches_its_hash_is_downloaded_
     let model = restarted.get(&m).await.unwrap();
     assert_eq!(store.downloads(), 2, "the corrupt file was fetched again");
     assert_eq!(std::fs::read(&on_disk).unwrap(), bytes);
-    let input: Vec<u8> = [1f32, 2., 3., 4.].iter().flat_map(|f| f.to_le_bytes()).collect();
-    let tensor =
-        Tensor { name: "input".into(), datatype: DataType::Fp32, shape: vec![1, 4], data: TensorData::Raw(input) };
-    assert_eq!(model.run(&[tensor], &["output".to_string()]).unwrap()[0].shape, vec![1, 3]);
+    assert_eq!(model.run(&[mlp_input()], &["output".to_string()]).unwrap()[0].shape, vec![1, 3]);
 }
 
 #[tokio::test]
@@ -98,10 +101,7 @@ async fn a_loaded_model_runs_on_onnx_runtime() {
     let m = manifest("mlp", 1, &bytes, None);
     let dir = tempfile::tempdir().unwrap();
     let model = cache(&store_with(&m, &bytes), &dir, 1 << 30).get(&m).await.unwrap();
-    let input: Vec<u8> = [1f32, 2., 3., 4.].iter().flat_map(|f| f.to_le_bytes()).collect();
-    let tensor =
-        Tensor { name: "input".into(), datatype: DataType::Fp32, shape: vec![1, 4], data: TensorData::Raw(input) };
-    let outputs = model.run(&[tensor], &["output".to_string()]).unwrap();
+    let outputs = model.run(&[mlp_input()], &["output".to_string()]).unwrap();
     assert_eq!(outputs[0].shape, vec![1, 3]);
     assert_eq!(model.execution_provider().as_str(), "cpu");
 }
