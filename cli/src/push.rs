@@ -9,8 +9,6 @@ use futures_util::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use reqwest::Method;
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
-use tokio::io::AsyncReadExt;
 use tokio_util::io::ReaderStream;
 
 use crate::api::Api;
@@ -36,8 +34,9 @@ pub async fn push(
     }
     let mut files = BTreeMap::new();
     for (name, path) in &local {
-        let (sha256, size) = hash(path).await?;
-        files.insert(name.clone(), json!({ "sha256": sha256, "size": size }));
+        let digest =
+            lmaas_engine::cache::file_digest(path).await.with_context(|| format!("reading {}", path.display()))?;
+        files.insert(name.clone(), json!({ "sha256": digest.sha256, "size": digest.size }));
     }
     let declared = api
         .send(
@@ -94,22 +93,6 @@ fn tag_note(tags: &[String]) -> String {
     } else {
         format!(", tagged {}", tags.join(", "))
     }
-}
-
-async fn hash(path: &Path) -> anyhow::Result<(String, u64)> {
-    let mut file = tokio::fs::File::open(path).await.with_context(|| format!("opening {}", path.display()))?;
-    let mut hasher = Sha256::new();
-    let mut buffer = vec![0u8; 1 << 20];
-    let mut size = 0u64;
-    loop {
-        let n = file.read(&mut buffer).await?;
-        if n == 0 {
-            break;
-        }
-        size += n as u64;
-        hasher.update(&buffer[..n]);
-    }
-    Ok((hex::encode(hasher.finalize()), size))
 }
 
 async fn upload_file(api: &Api, path: &Path, name: &str, url: &str) -> anyhow::Result<()> {
