@@ -32,7 +32,7 @@ infra/local/setup.sh
 infra/local/samples.sh
 export PATH="$venv/bin:$PATH"
 
-pids=()
+pids=() names=()   # what each started process is, for the watchdog below
 cleanup() {
   trap - EXIT INT TERM
   log "stopping"
@@ -61,7 +61,7 @@ done
 mkdir -p "$state"
 log "starting the S3+SQS emulator (moto) on 127.0.0.1:$emulator_port"
 moto_server -H 127.0.0.1 -p "$emulator_port" > "$state/emulator.log" 2>&1 &
-pids+=($!)
+pids+=($!) names+=("the emulator (see $state/emulator.log)")
 wait_for "http://127.0.0.1:$emulator_port/moto-api/" 30 "the emulator"
 
 export AWS_ENDPOINT_URL="http://127.0.0.1:$emulator_port" AWS_REGION=us-east-1 \
@@ -117,7 +117,7 @@ log "starting cargo lambda watch on 127.0.0.1:$port"
 # next invocation included, so an idle function gets a bare 408 after that long, lambda_runtime
 # panics on the missing request id, and the function is gone until the stack restarts.
 cargo lambda watch -A 127.0.0.1 -P "$port" --ignore-changes --env-file "$env_file" > "$state/watch.log" 2>&1 &
-pids+=($!)
+pids+=($!) names+=("cargo lambda watch (see $state/watch.log)")
 wait_for "http://127.0.0.1:$port/v2/health/live" 300 "cargo lambda watch"
 log "registering the sample models through the registry API (lmaas push)"
 for sample in mlp:tensor dtypes:tensor minilm:embeddings; do
@@ -132,9 +132,9 @@ LMAAS_URL="http://127.0.0.1:$port" LMAAS_TOKEN="$token" \
 log "starting the ingest event source and one worker daemon (metrics on ${LMAAS_METRICS_ADDR:-127.0.0.1:9102})"
 "$venv/bin/python" infra/local/event_source.py --queue-url "$ingest_queue_url" --function ingest \
   --invoke-url "http://127.0.0.1:$port" > "$state/event-source.log" 2>&1 &
-pids+=($!)
+pids+=($!) names+=("the ingest event source (see $state/event-source.log)")
 (set -a; . "$env_file"; set +a; exec target/debug/worker --daemon) > "$state/worker.log" 2>&1 &
-pids+=($!)
+pids+=($!) names+=("the worker daemon (see $state/worker.log)")
 # Warm both functions so the first real request does not pay their start.
 if ! curl -sf -o /dev/null --max-time 300 -X POST -H 'content-type: application/json' \
   -H "authorization: Bearer $token" -d @samples/requests/mlp.json "http://127.0.0.1:$port/v2/models/mlp/infer"; then
@@ -155,8 +155,15 @@ lmaas dev stack ready on http://127.0.0.1:$port  (env: $env_file, logs: $state/*
   # batch embeddings from an upload (S3 -> ingest -> worker); results land under results/{job_id}/
   set -a; . $env_file; set +a; target/debug/lmaas jobs upload minilm samples/batch/sentences.jsonl --wait
 MSG
-if [ -n "$watch_parent" ]; then
-  while kill -0 "$watch_parent" 2>/dev/null; do sleep 1; done
-else
-  wait -n
-fi
+# Watchdog: with one part gone, the stack would answer some routes and time out on others (a
+# dead worker leaves jobs queued forever); stop all of it, saying which part died and where its
+# log is. Until then, run until Ctrl-C or, with --watch-parent, until that process exits.
+while [ -z "$watch_parent" ] || kill -0 "$watch_parent" 2>/dev/null; do
+  for i in "${!pids[@]}"; do
+    if ! kill -0 "${pids[$i]}" 2>/dev/null; then
+      log "${names[$i]} exited; stopping the stack"
+      exit 1
+    fi
+  done
+  sleep 1
+done
