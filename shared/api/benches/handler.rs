@@ -89,6 +89,30 @@ fn main() {
                     ms(h99),
                     h50.as_secs_f64() / r50.as_secs_f64()
                 );
+                if !binary && batch == 1 {
+                    // The same JSON answer against a raw run that writes its output as JSON too,
+                    // as a service by hand would (serde_json): JSON text is the payload's cost,
+                    // not the handler's.
+                    let (raw_json_times, handler_times) = interleaved(
+                        || {
+                            std::hint::black_box(serde_json::to_vec(&raw(&inputs)).unwrap());
+                        },
+                        || {
+                            let response = runtime.block_on(service.handle(request()));
+                            assert_eq!(response.status(), 200);
+                        },
+                    );
+                    let (r50, h50) = (pct(&raw_json_times, 50.0), pct(&handler_times, 50.0));
+                    println!(
+                        "{model:<8} {batch:>5} {:<6} {:>10} {:>10} {:>10} {:>10} {:>8.3}  (raw = session.run + serde_json::to_vec of the output)",
+                        "json",
+                        ms(r50),
+                        ms(pct(&raw_json_times, 99.0)),
+                        ms(h50),
+                        ms(pct(&handler_times, 99.0)),
+                        h50.as_secs_f64() / r50.as_secs_f64()
+                    );
+                }
             }
         }
     }
