@@ -465,3 +465,46 @@ async fn the_lambda_worker_reports_partial_batch_failures() {
     assert_eq!(lines[1]["id"], "b");
     assert!(lines[1]["error"].as_str().unwrap().contains("shape"), "{}", lines[1]);
 }
+
+/// A job's chunks become one output object: in order, byte for byte, through a multipart upload
+/// once the output passes one 16 MiB part, with the chunks' counts added up. The chunks are then
+/// deleted; a chunk that is missing or carries no counts fails the assembly by name.
+#[tokio::test]
+async fn chunks_assemble_into_one_output_in_order_and_are_deleted() {
+    let s = stack();
+    let objects = lmaas_aws::BatchObjects::new(s.s3().await, s.bucket());
+    let prefix = format!("results/{}/", new_job_id());
+    let (mut keys, mut expected, mut items) = (Vec::new(), Vec::new(), 0);
+    for i in 0..24u64 {
+        // About 1.5 MB each, 36 MB in all: three parts.
+        let line = format!("{{\"chunk\":{i},\"pad\":\"{}\"}}\n", "x".repeat(100 + i as usize));
+        let body = line.repeat(1_500_000 / line.len()).into_bytes();
+        let key = format!("{prefix}chunks/{i:05}.jsonl");
+        let counts = lmaas_aws::batch::ChunkCounts { items: i + 1, errors: i % 3 };
+        assert!(objects.put_chunk(&key, body.clone(), &counts).await.unwrap());
+        expected.extend_from_slice(&body);
+        items += i + 1;
+        keys.push(key);
+    }
+    let output = format!("{prefix}output.jsonl");
+    let started = Instant::now();
+    let totals = objects.assemble(&keys, &output).await.unwrap();
+    println!("assembled {} bytes from {} chunks in {:?}", expected.len(), keys.len(), started.elapsed());
+    assert_eq!(totals, lmaas_aws::batch::ChunkCounts { items, errors: (0..24).map(|i| i % 3).sum() });
+    let written = download(&output).await.expect("the output");
+    assert_eq!(written.len(), expected.len());
+    assert!(written.as_bytes() == expected, "the output is the chunks in order");
+
+    objects.delete(&keys).await;
+    for key in &keys {
+        assert!(download(key).await.is_none(), "{key} is deleted");
+    }
+
+    let missing = format!("{prefix}chunks/99999.jsonl");
+    let error = objects.assemble(std::slice::from_ref(&missing), &format!("{prefix}again.jsonl")).await.unwrap_err();
+    assert!(error.to_string().contains(&missing), "{error}");
+    let bare = format!("{prefix}bare.jsonl");
+    upload(&bare, "{}\n".into()).await;
+    let error = objects.assemble(std::slice::from_ref(&bare), &format!("{prefix}again.jsonl")).await.unwrap_err();
+    assert!(error.to_string().contains("has no lmaas counts"), "{error}");
+}
