@@ -304,3 +304,54 @@ impl<T> Drop for InOrder<T> {
         self.0.iter().for_each(JoinHandle::abort);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    /// Sets its flag when dropped: the request it stands for was cancelled or finished.
+    struct Dropped(Arc<AtomicBool>);
+
+    impl Drop for Dropped {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test]
+    async fn requests_come_back_in_the_order_sent_and_the_rest_stop_when_dropped() {
+        let mut requests = InOrder::default();
+        for (i, delay) in [30u64, 1, 10].into_iter().enumerate() {
+            requests.push(async move {
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+                Ok(i)
+            });
+        }
+        let mut order = Vec::new();
+        while let Some(done) = requests.next().await {
+            order.push(done.unwrap());
+        }
+        assert_eq!(order, [0, 1, 2]);
+
+        let stopped = Arc::new(AtomicBool::new(false));
+        let guard = Dropped(stopped.clone());
+        requests.push(async move {
+            let _guard = guard;
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            Ok(99)
+        });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(!stopped.load(Ordering::SeqCst), "still running");
+        drop(requests);
+        for _ in 0..100 {
+            if stopped.load(Ordering::SeqCst) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("a request left running when its assembly was dropped");
+    }
+}
