@@ -148,8 +148,9 @@ fn noise_floor() {
 }
 
 /// The JSON text of MiniLM's output (its `last_hidden_state`) as the infer service writes it vs
-/// `serde_json::to_vec` of the same floats, what a service written by hand would do: the same
-/// shortest round-trip text either way (tensor.rs tests it), so this is the encoder's own cost.
+/// `serde_json::to_vec` of the same floats, what a service written by hand would do: text that
+/// reads back as the same floats either way, nine digits from lmaas (float_text.rs tests it) and
+/// the shortest from serde_json.
 fn json_encoding_table() {
     println!("\njson encoding: lmaas tensor JSON vs serde_json::to_vec, minilm last_hidden_state");
     println!("{:<8} {:>8} {:>12} {:>12} {:>8}", "batch", "floats", "serde p50", "lmaas p50", "p50 x");

@@ -5,6 +5,7 @@
 pub mod acl;
 pub mod auth;
 pub mod error;
+mod float_text;
 mod helpers;
 pub mod jobs;
 pub mod jwt;

@@ -8,6 +8,8 @@ use half::{bf16, f16};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::float_text::write_f32s;
+
 /// Element types of the Open Inference Protocol that ONNX Runtime can serve.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
@@ -144,8 +146,9 @@ impl Tensor {
         }
     }
 
-    /// Appends the data as a flat JSON array, written straight from the packed bytes: shortest
-    /// round-trip floats ([`write_json_floats`]) and integers (itoa), with no JSON tree
+    /// Appends the data as a flat JSON array, written straight from the packed bytes: floats
+    /// that read back exactly (f32s with nine digits, [`write_f32s`]; f64s the shortest,
+    /// [`write_f64s`]) and integers (itoa), with no JSON tree
     /// or serializer in between, since responses can hold hundreds of thousands of floats and
     /// writing them is most of a small model's response time. Large tensors are shared with the
     /// standing helper threads (see [`crate::helpers`]). Non-finite floats become `null`, since
@@ -230,8 +233,8 @@ fn max_json_element_chars(datatype: DataType) -> usize {
         DataType::Int32 => "-2147483648,".len(),
         DataType::Uint64 | DataType::Int64 => "-9223372036854775808,".len(),
         // FP16 and BF16 are written as the f32 they widen to.
-        DataType::Fp16 | DataType::Bf16 | DataType::Fp32 => f32::MOST_CHARS + 1,
-        DataType::Fp64 => f64::MOST_CHARS + 1,
+        DataType::Fp16 | DataType::Bf16 | DataType::Fp32 => crate::float_text::MOST_CHARS + 1,
+        DataType::Fp64 => F64_MOST_CHARS + 1,
         DataType::Bytes => 0,
     }
 }
@@ -266,26 +269,22 @@ fn write_json_elements(out: &mut Vec<u8>, datatype: DataType, bytes: &[u8]) {
         DataType::Int32 => each!(i32, int),
         DataType::Uint64 => each!(u64, int),
         DataType::Int64 => each!(i64, int),
-        DataType::Fp16 => write_json_floats(out, elements(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())),
-        DataType::Bf16 => write_json_floats(out, elements(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())),
-        DataType::Fp32 => {
-            write_json_floats(out, elements(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))))
-        }
-        DataType::Fp64 => {
-            write_json_floats(out, elements(8).map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes"))))
-        }
+        DataType::Fp16 => write_f32s(out, elements(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())),
+        DataType::Bf16 => write_f32s(out, elements(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())),
+        DataType::Fp32 => write_f32s(out, elements(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))),
+        DataType::Fp64 => write_f64s(out, elements(8).map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))),
         DataType::Bytes => unreachable!("BYTES tensors are never raw"),
     }
 }
 
-/// Appends floats as comma-separated shortest round-trip JSON numbers (`null` where not finite),
-/// each written by Ryū straight into space reserved for all of them. The digits are serde_json's
-/// (zmij's) for every one of the 2^32 f32s, checked once; only exponents differ, `1e13` for
-/// `1e+13`. On MiniLM's output, formatting into zmij's buffer and copying the text out took
-/// 45-47 ns per f32 at p50 (best 29-39), this 28-30 (best 20-23), on a 2-vCPU Xeon: at batch 1
-/// that JSON is most of what the handler adds to a run (the handler bench's "json encoding").
-fn write_json_floats<F: RyuFloat>(out: &mut Vec<u8>, values: impl ExactSizeIterator<Item = F>) {
-    let per_value = F::MOST_CHARS + 1;
+/// The most bytes Ryū writes for one f64 (its documented bound).
+const F64_MOST_CHARS: usize = 24;
+
+/// Appends f64s as comma-separated shortest round-trip JSON numbers (`null` where not finite),
+/// each written by Ryū straight into space reserved for all of them. (f32s have their own writer,
+/// [`write_f32s`], since theirs is the text that most responses are made of.)
+fn write_f64s(out: &mut Vec<u8>, values: impl ExactSizeIterator<Item = f64>) {
+    let per_value = F64_MOST_CHARS + 1;
     out.reserve(values.len() * per_value);
     let (capacity, buffer) = (out.capacity(), out.as_mut_ptr());
     let mut written = out.len();
@@ -294,14 +293,14 @@ fn write_json_floats<F: RyuFloat>(out: &mut Vec<u8>, values: impl ExactSizeItera
         // without trusting the iterator's length.
         assert!(written + per_value <= capacity, "JSON float text outgrew its reservation");
         // SAFETY: `per_value` bytes from `written` are within the capacity (checked above), and
-        // a value writes at most that: a comma and either "null" or Ryū's text (MOST_CHARS).
+        // a value writes at most that: a comma and either "null" or Ryū's text.
         unsafe {
             if i > 0 {
                 *buffer.add(written) = b',';
                 written += 1;
             }
             written += if value.is_finite() {
-                value.write(buffer.add(written))
+                ryu::raw::format64(value, buffer.add(written))
             } else {
                 std::ptr::copy_nonoverlapping(b"null".as_ptr(), buffer.add(written), 4);
                 4
@@ -310,38 +309,6 @@ fn write_json_floats<F: RyuFloat>(out: &mut Vec<u8>, values: impl ExactSizeItera
     }
     // SAFETY: every byte up to `written` was initialized above, within the capacity.
     unsafe { out.set_len(written) };
-}
-
-/// f32 and f64, as [`write_json_floats`] writes them.
-trait RyuFloat: Copy {
-    /// The most bytes Ryū writes for one value (its documented bound).
-    const MOST_CHARS: usize;
-    fn is_finite(self) -> bool;
-    /// # Safety
-    /// `out` must have room for `MOST_CHARS` bytes.
-    unsafe fn write(self, out: *mut u8) -> usize;
-}
-
-impl RyuFloat for f32 {
-    const MOST_CHARS: usize = 16;
-    fn is_finite(self) -> bool {
-        f32::is_finite(self)
-    }
-    unsafe fn write(self, out: *mut u8) -> usize {
-        // SAFETY: the caller leaves MOST_CHARS bytes of room.
-        unsafe { ryu::raw::format32(self, out) }
-    }
-}
-
-impl RyuFloat for f64 {
-    const MOST_CHARS: usize = 24;
-    fn is_finite(self) -> bool {
-        f64::is_finite(self)
-    }
-    unsafe fn write(self, out: *mut u8) -> usize {
-        // SAFETY: the caller leaves MOST_CHARS bytes of room.
-        unsafe { ryu::raw::format64(self, out) }
-    }
 }
 
 /// Why JSON `data` could not become tensor data; the caller adds the input name.
@@ -566,10 +533,10 @@ mod tests {
         }
     }
 
-    /// Floats as lmaas writes them in tensor JSON (Ryū) and in its other JSON (serde_json, zmij)
-    /// are the same shortest digits; only large exponents differ, `1e13` vs `1e+13`.
+    /// f32s read back exactly (float_text tests them closely); f64s are written with the shortest
+    /// digits, as serde_json writes them; only large exponents differ, `1e13` vs `1e+13`.
     #[test]
-    fn floats_are_written_as_serde_json_writes_them_and_read_back_exactly() {
+    fn floats_read_back_exactly_and_f64s_are_written_as_serde_json_writes_them() {
         let mut values = vec![
             0.0,
             -0.0,
@@ -594,7 +561,6 @@ mod tests {
             }
         }
         let text = json_text(&fp32(&values));
-        assert_eq!(text, serde_json::to_string(&values).unwrap().replace("e+", "e"));
         let back: Vec<f32> = serde_json::from_str(&text).unwrap();
         let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
         assert_eq!(bits(&back), bits(&values));
@@ -681,7 +647,7 @@ mod tests {
             (DataType::Int32, [i32::MIN; 2].iter().flat_map(|v| v.to_le_bytes()).collect()),
             (DataType::Int64, [i64::MIN; 2].iter().flat_map(|v| v.to_le_bytes()).collect()),
             (DataType::Uint64, [u64::MAX; 2].iter().flat_map(|v| v.to_le_bytes()).collect()),
-            (DataType::Fp32, [-1.175_494_4e-38_f32; 2].iter().flat_map(|v| v.to_le_bytes()).collect()),
+            (DataType::Fp32, [-7.291_167e-5_f32; 2].iter().flat_map(|v| v.to_le_bytes()).collect()),
             (DataType::Fp64, [-2.225_073_858_507_201_4e-308_f64; 2].iter().flat_map(|v| v.to_le_bytes()).collect()),
         ];
         for (datatype, bytes) in extremes {
