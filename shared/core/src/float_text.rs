@@ -89,8 +89,26 @@ impl Default for Digits {
 
 impl Digits {
     /// The digits of every value in `block`; those of zero and non-finite values are not used.
-    /// Each loop below is branch-free so that it vectorizes (the table lookups stay scalar).
     fn compute(&mut self, block: &[f32; BLOCK]) {
+        // x86-64's baseline has SSE2, two f64s to a vector; nearly every x86 server has AVX2,
+        // four (and 16-bit integer multiplies on 16 at once), which takes a fifth off a value.
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: this CPU has AVX2.
+            return unsafe { self.compute_avx2(block) };
+        }
+        self.compute_anywhere(block)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    fn compute_avx2(&mut self, block: &[f32; BLOCK]) {
+        self.compute_anywhere(block)
+    }
+
+    /// Each loop below is branch-free so that it vectorizes (the table lookups stay scalar).
+    #[inline(always)]
+    fn compute_anywhere(&mut self, block: &[f32; BLOCK]) {
         let (mut magnitude, mut scale) = ([0f64; BLOCK], [0f64; BLOCK]);
         for i in 0..BLOCK {
             let value = block[i];
@@ -117,7 +135,7 @@ impl Digits {
             let high = unsafe { (rest * 1e-4).to_int_unchecked::<i32>() };
             self.first[i] = first as u8;
             groups[i] = high as u16;
-            groups[BLOCK + i] = (rest - f64::from(high) * 1e4) as u16;
+            groups[BLOCK + i] = unsafe { (rest - f64::from(high) * 1e4).to_int_unchecked::<i32>() } as u16;
         }
         // Each group as two digit pairs, a pair as (tens, ones) in one u16.
         let (mut leading, mut trailing) = ([0u16; 2 * BLOCK], [0u16; 2 * BLOCK]);
