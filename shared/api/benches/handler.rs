@@ -153,7 +153,10 @@ fn noise_floor() {
 /// the shortest from serde_json.
 fn json_encoding_table() {
     println!("\njson encoding: lmaas tensor JSON vs serde_json::to_vec, minilm last_hidden_state");
-    println!("{:<8} {:>8} {:>12} {:>12} {:>8}", "batch", "floats", "serde p50", "lmaas p50", "p50 x");
+    println!(
+        "{:<8} {:>8} {:>12} {:>12} {:>8} {:>12} {:>12}",
+        "batch", "floats", "serde p50", "lmaas p50", "p50 x", "serde bytes", "lmaas bytes"
+    );
     let mut session = raw_session("minilm");
     for batch in [1, 8, 32] {
         let floats = run_raw(&mut session, &inputs("minilm", batch));
@@ -175,12 +178,16 @@ fn json_encoding_table() {
             },
         );
         let (s50, l50) = (pct(&serde_times, 50.0), pct(&lmaas_times, 50.0));
+        let mut body = Vec::new();
+        tensor.write_json_data(&mut body);
         println!(
-            "{batch:<8} {:>8} {:>10.1}us {:>10.1}us {:>8.3}",
+            "{batch:<8} {:>8} {:>10.1}us {:>10.1}us {:>8.3} {:>12} {:>12}",
             floats.len(),
             s50.as_secs_f64() * 1e6,
             l50.as_secs_f64() * 1e6,
-            l50.as_secs_f64() / s50.as_secs_f64()
+            l50.as_secs_f64() / s50.as_secs_f64(),
+            serde_json::to_vec(&floats).unwrap().len(),
+            body.len()
         );
     }
 }
