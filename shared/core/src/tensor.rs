@@ -182,13 +182,15 @@ impl Tensor {
     }
 }
 
-/// Tensors with at least this many elements (about 0.25 ms of formatting on one vCPU) are written
-/// to JSON with the helper threads' help. Measured in the handler bench on 2 vCPUs, int8 MiniLM
-/// JSON: batch 8 (24,576 floats) went from 1.054-1.091x raw ORT, written alone, to 1.056-1.058x;
-/// batch 32 (98,304) from 1.069-1.074x, with a thread spawned per response, to 1.025-1.027x. At
-/// batch 1 (3,072, ~0.1 ms) sharing was slower, 1.060-1.075x alone vs 1.073-1.085x shared (three
-/// runs each, alternating), also with ORT's pool told to stop spinning when a run ends: waking a
-/// helper, copying its data and collecting its text cost about what it saved.
+/// Tensors with at least this many elements are written to JSON with the helper threads' help.
+/// Measured in the handler bench on 2 vCPUs, int8 MiniLM JSON, when f32 text was Ryū's (about
+/// 0.25 ms for this many on one vCPU; nine-digit text takes about 0.06 ms, and the threshold has
+/// not been measured again): batch 8 (24,576 floats) went from 1.054-1.091x raw ORT, written
+/// alone, to 1.056-1.058x; batch 32 (98,304) from 1.069-1.074x, with a thread spawned per
+/// response, to 1.025-1.027x. At batch 1 (3,072) sharing was slower, 1.060-1.075x alone vs
+/// 1.073-1.085x shared (three runs each, alternating), also with ORT's pool told to stop spinning
+/// when a run ends: waking a helper, copying its data and collecting its text cost about what it
+/// saved.
 const SHARED_JSON_ELEMENTS: usize = 8_192;
 
 /// Elements per part of shared JSON work: a few microseconds each, so a helper that wakes late
